@@ -1,0 +1,1 @@
+//! Legacy platform devices: COM1 serial, i8042 reset, ACPI power management.

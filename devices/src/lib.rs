@@ -1,0 +1,14 @@
+//! Devices of the iovmm hypervisor.
+//!
+//! This crate knows nothing about KVM or IOMMUs: devices are driven through
+//! the [`bus::BusDevice`] trait by whoever owns the vCPUs, raise interrupts
+//! through the [`interrupt::MsiInterruptGroup`] trait, and (for DMA) are handed
+//! guest memory plus, later, a translation object by the VMM.
+
+#![deny(missing_docs)]
+
+pub mod bus;
+pub mod interrupt;
+pub mod legacy;
+pub mod pci;
+pub mod virtio;
