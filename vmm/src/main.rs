@@ -1,7 +1,5 @@
 //! The `iovmm` binary.
 
-mod layout;
-
 fn main() {
     eprintln!("iovmm: not assembled yet");
     std::process::exit(1);

@@ -58,3 +58,8 @@ pub trait PciDevice: Send {
         Vec::new()
     }
 }
+
+pub mod allocator;
+pub mod config;
+pub mod msix;
+pub mod root;

@@ -92,3 +92,9 @@ pub trait VirtioDevice: Send {
     /// can be activated again.
     fn reset(&mut self);
 }
+
+pub mod block;
+pub mod net;
+pub mod pci_transport;
+pub mod tap;
+pub mod worker;

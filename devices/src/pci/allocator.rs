@@ -1,0 +1,1 @@
+//! Aligned address allocation for BARs.

@@ -1,0 +1,1 @@
+//! MSI-X capability, table and PBA emulation.

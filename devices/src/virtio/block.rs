@@ -1,0 +1,1 @@
+//! virtio-blk device backed by a raw file.

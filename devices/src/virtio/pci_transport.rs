@@ -1,0 +1,1 @@
+//! virtio-pci modern (virtio 1.x) transport.

@@ -1,0 +1,1 @@
+//! Worker threads that run activated devices on an event-manager loop.

@@ -1,0 +1,1 @@
+//! ACPI tables: RSDP, XSDT, FADT, DSDT, MADT, MCFG.

@@ -1,0 +1,1 @@
+//! The VM configuration: TOML file + CLI flags, validated.
