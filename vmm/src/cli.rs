@@ -1,1 +1,696 @@
 //! Command-line interface of the `iovmm` binary.
+//!
+//! `iovmm run` takes a TOML file (`--config`) and/or flags; flags override
+//! the file field by field and `--disk`/`--net` replace the file's lists.
+//! [`parse_and_build`] turns the arguments into a validated [`Command`];
+//! every problem becomes a [`CliError`] whose [`CliError::exit`] prints one
+//! line `iovmm: error: <problem>: <fix>` and exits with status 2 (help and
+//! version are printed by clap as usual).
+
+use std::ffi::OsString;
+use std::fmt;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{
+    self, parse_mac, parse_size, ConfigError, ConfigLayer, DiskSpec, MemoryBacking, NetSpec,
+    SerialOutput, VmConfig,
+};
+
+/// Exit status for bad usage or configuration.
+pub const EXIT_USAGE: i32 = 2;
+
+const CONFIG_HELP: &str = "\
+CONFIGURATION FILE (--config FILE, TOML; every key is optional except
+[kernel] path, which may come from --kernel instead; unknown keys are
+errors; relative paths are relative to the file's directory):
+
+  [machine]
+  vcpus = 2                     # 1 to 16; default 1
+  memory = \"512M\"               # K/M/G/T suffix or integer MiB; multiple of
+                                # 2 MiB, 64M to 1T; default 512M
+  memory_backing = \"anonymous\"  # anonymous | thp | hugetlbfs
+  [kernel]
+  path = \"/path/to/bzImage\"     # bzImage or ELF vmlinux (PVH)
+  initramfs = \"/path/to/initrd.cpio.gz\"
+  cmdline = \"console=ttyS0\"     # default console=ttyS0
+  [serial]
+  output = \"stdout\"             # stdout | off | a file path (appended)
+  stdin = false                 # feed stdin to the guest (stdout only)
+  [[disk]]                      # one section per virtio-blk disk
+  path = \"disk.img\"             # raw image (must exist)
+  readonly = false
+  id = \"vda\"                    # GET_ID serial, <= 20 chars; default vda, vdb, ...
+  iommu = false                 # behind the virtual IOMMU
+  [[net]]                       # one section per virtio-net device
+  tap = \"tap0\"                  # TAP interface, <= 15 chars
+  mac = \"52:54:00:12:34:56\"     # default 52:54:00:12:34:56 + index
+  iommu = false
+
+Flags override the file field by field; --disk/--net given on the command
+line replace the file's [[disk]]/[[net]] lists. Examples: examples/*.toml.
+
+EXIT STATUS: 0 guest powered off, 1 VMM failure, 2 bad usage or
+configuration, 3 guest reset/reboot, 4 guest crash reported through KVM.";
+
+/// The `iovmm` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "iovmm",
+    version,
+    about = "A KVM hypervisor for measuring and removing the cost of IO memory protection in VMs",
+    subcommand_required = true,
+    arg_required_else_help = true
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: CliCommand,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CliCommand {
+    /// Boot a VM and run it until the guest powers off or resets.
+    #[command(after_long_help = CONFIG_HELP)]
+    Run(RunArgs),
+}
+
+/// Arguments of `iovmm run`. Values are kept as written and checked by
+/// [`load_config`], so that every problem is reported as one line.
+#[derive(Clone, Debug, Default, Args)]
+pub struct RunArgs {
+    /// TOML configuration file (format below); flags override its fields.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Guest kernel: bzImage or ELF vmlinux with a PVH note [file: kernel.path].
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Initramfs image [file: kernel.initramfs; default: none].
+    #[arg(long, value_name = "PATH")]
+    pub initramfs: Option<PathBuf>,
+    /// Kernel command line [file: kernel.cmdline; default: "console=ttyS0"].
+    #[arg(long, value_name = "STR", allow_hyphen_values = true)]
+    pub cmdline: Option<String>,
+    /// Number of vCPUs, 1 to 16 [file: machine.vcpus; default: 1].
+    #[arg(long, value_name = "N")]
+    pub vcpus: Option<String>,
+    /// Guest RAM: K/M/G/T suffix or an integer number of MiB; a multiple of
+    /// 2 MiB, 64M to 1T [file: machine.memory; default: 512M].
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// Host backing of guest RAM: anonymous, thp (transparent huge pages) or
+    /// hugetlbfs (reserve pages first: /proc/sys/vm/nr_hugepages)
+    /// [file: machine.memory_backing; default: anonymous].
+    #[arg(long, value_name = "anonymous|thp|hugetlbfs")]
+    pub memory_backing: Option<String>,
+    /// Guest COM1 output: stdout, off, or a file path (appended)
+    /// [file: serial.output; default: stdout].
+    #[arg(long, value_name = "stdout|off|PATH")]
+    pub serial: Option<String>,
+    /// Feed stdin to the guest's COM1 (needs --serial stdout)
+    /// [file: serial.stdin; default: off].
+    #[arg(long)]
+    pub serial_stdin: bool,
+    /// A virtio-blk disk; repeat for more. path: raw image (must exist);
+    /// readonly: on|off (default off); id: GET_ID serial, up to 20 chars
+    /// (default vda, vdb, ...); iommu: on|off, behind the virtual IOMMU
+    /// (default off). Replaces the file's [[disk]] list.
+    #[arg(long, value_name = "path=P[,readonly=on|off][,id=ID][,iommu=on|off]")]
+    pub disk: Vec<String>,
+    /// A virtio-net device on a TAP interface; repeat for more. tap: up to 15
+    /// chars; mac: default 52:54:00:12:34:56 plus the device index; iommu:
+    /// on|off (default off). Replaces the file's [[net]] list.
+    #[arg(long, value_name = "tap=NAME[,mac=MAC][,iommu=on|off]")]
+    pub net: Vec<String>,
+    /// Log filter for the VMM's own messages on stderr: error, warn, info,
+    /// debug, trace, or a tracing filter such as vmm=debug.
+    #[arg(long, value_name = "LEVEL", default_value = "warn")]
+    pub log_level: String,
+}
+
+/// A parsed and validated command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Boot a VM.
+    Run {
+        /// The validated VM configuration.
+        config: VmConfig,
+        /// The `--log-level` filter (a valid `tracing_subscriber` filter).
+        log_level: String,
+    },
+}
+
+/// Why the command line did not produce a [`Command`].
+#[derive(Debug)]
+pub enum CliError {
+    /// Help or version was requested (or help is shown because no
+    /// subcommand was given): clap prints it.
+    Display(clap::Error),
+    /// Bad usage caught by clap, as one line.
+    Usage(ConfigError),
+    /// A configuration or validation problem.
+    Config(ConfigError),
+}
+
+impl CliError {
+    /// The process exit status for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Display(e) => e.exit_code(),
+            CliError::Usage(_) | CliError::Config(_) => EXIT_USAGE,
+        }
+    }
+
+    /// Prints the error (help/version to stdout, problems as one line on
+    /// stderr) and exits.
+    pub fn exit(&self) -> ! {
+        match self {
+            CliError::Display(e) => e.exit(),
+            _ => {
+                eprintln!("iovmm: error: {self}");
+                std::process::exit(self.exit_code())
+            }
+        }
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CliError::Display(e) => write!(f, "{}", e.render()),
+            CliError::Usage(e) | CliError::Config(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for CliError {}
+
+impl From<ConfigError> for CliError {
+    fn from(e: ConfigError) -> Self {
+        CliError::Config(e)
+    }
+}
+
+/// Turns clap's multi-line usage error into one line: its first line, and
+/// its tip (if any) as the fix.
+fn usage_error(e: &clap::Error) -> ConfigError {
+    let text = e.render().to_string();
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let problem = lines
+        .next()
+        .unwrap_or("invalid arguments")
+        .trim_start_matches("error: ")
+        .to_string();
+    let fix = lines
+        .find_map(|l| l.strip_prefix("tip: "))
+        .map(str::to_string)
+        .unwrap_or_else(|| "see `iovmm run --help`".to_string());
+    ConfigError::new(problem, fix)
+}
+
+/// Parses the command line (including the program name) and validates the
+/// configuration.
+pub fn parse_and_build<I, T>(args: I) -> Result<Command, CliError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = Cli::try_parse_from(args).map_err(|e| {
+        use clap::error::ErrorKind;
+        match e.kind() {
+            ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => CliError::Display(e),
+            _ => CliError::Usage(usage_error(&e)),
+        }
+    })?;
+    match cli.command {
+        CliCommand::Run(args) => {
+            check_log_level(&args.log_level)?;
+            let config = load_config(&args)?;
+            Ok(Command::Run {
+                config,
+                log_level: args.log_level,
+            })
+        }
+    }
+}
+
+fn check_log_level(level: &str) -> Result<(), ConfigError> {
+    let bad = || {
+        ConfigError::new(
+            format!("log level `{level}` is invalid"),
+            "use error, warn, info, debug, trace or a filter like vmm=debug",
+        )
+    };
+    if level.trim().is_empty() {
+        return Err(bad());
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(level)
+        .map(|_| ())
+        .map_err(|_| bad())
+}
+
+/// Builds the VM configuration from `--config` (if any) overridden by the
+/// other flags, and validates it.
+pub fn load_config(args: &RunArgs) -> Result<VmConfig, ConfigError> {
+    let file = match &args.config {
+        Some(p) => config::file::load(p)?,
+        None => ConfigLayer::default(),
+    };
+    file.overlay(cli_layer(args)?).build()
+}
+
+/// The configuration layer set by flags.
+fn cli_layer(args: &RunArgs) -> Result<ConfigLayer, ConfigError> {
+    fn flag(name: &'static str) -> impl Fn(ConfigError) -> ConfigError {
+        move |e| e.context(name)
+    }
+    let vcpus = args
+        .vcpus
+        .as_deref()
+        .map(|v| {
+            v.trim().parse::<i64>().map_err(|_| {
+                ConfigError::new(
+                    format!("--vcpus `{v}` is not a number"),
+                    format!("use 1 to {}", config::MAX_VCPUS),
+                )
+            })
+        })
+        .transpose()?;
+    let nonempty = |name: &str, p: &Option<PathBuf>| match p {
+        Some(p) if p.as_os_str().is_empty() => Err(ConfigError::new(
+            format!("{name} is empty"),
+            format!("give a file path to {name}"),
+        )),
+        _ => Ok(p.clone()),
+    };
+    Ok(ConfigLayer {
+        vcpus,
+        memory: args
+            .memory
+            .as_deref()
+            .map(parse_size)
+            .transpose()
+            .map_err(flag("--memory"))?,
+        memory_backing: args
+            .memory_backing
+            .as_deref()
+            .map(MemoryBacking::parse)
+            .transpose()
+            .map_err(flag("--memory-backing"))?,
+        kernel: nonempty("--kernel", &args.kernel)?,
+        initramfs: nonempty("--initramfs", &args.initramfs)?,
+        cmdline: args.cmdline.clone(),
+        serial_output: args
+            .serial
+            .as_deref()
+            .map(|s| SerialOutput::parse(s, None))
+            .transpose()
+            .map_err(flag("--serial"))?,
+        serial_stdin: args.serial_stdin.then_some(true),
+        disks: if args.disk.is_empty() {
+            None
+        } else {
+            Some(
+                args.disk
+                    .iter()
+                    .map(|d| parse_disk_arg(d))
+                    .collect::<Result<_, _>>()?,
+            )
+        },
+        nets: if args.net.is_empty() {
+            None
+        } else {
+            Some(
+                args.net
+                    .iter()
+                    .map(|n| parse_net_arg(n))
+                    .collect::<Result<_, _>>()?,
+            )
+        },
+    })
+}
+
+/// Splits `key=value,key=value`; a first item without `=` is
+/// `<first_key>=item`. Rejects unknown and repeated keys.
+fn split_opts<'a>(
+    flag: &str,
+    arg: &'a str,
+    first_key: &'static str,
+    valid: &[&'static str],
+) -> Result<Vec<(&'static str, &'a str)>, ConfigError> {
+    let mut out: Vec<(&'static str, &'a str)> = Vec::new();
+    for (i, item) in arg.split(',').enumerate() {
+        let (k, v) = match item.split_once('=') {
+            Some(kv) => kv,
+            None if i == 0 => (first_key, item),
+            None => {
+                return Err(ConfigError::new(
+                    format!("{flag} `{arg}`: `{item}` is not key=value"),
+                    format!(
+                        "use {flag} {first_key}=...,key=value with keys {}",
+                        valid.join(", ")
+                    ),
+                ))
+            }
+        };
+        let key = valid.iter().copied().find(|&x| x == k).ok_or_else(|| {
+            ConfigError::new(
+                format!("{flag} `{arg}`: unknown option `{k}`"),
+                format!("valid options are {}", valid.join(", ")),
+            )
+        })?;
+        if out.iter().any(|(x, _)| *x == key) {
+            return Err(ConfigError::new(
+                format!("{flag} `{arg}`: option `{key}` given twice"),
+                "give each option once",
+            ));
+        }
+        out.push((key, v));
+    }
+    Ok(out)
+}
+
+fn parse_switch(flag: &str, key: &str, v: &str) -> Result<bool, ConfigError> {
+    match v {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err(ConfigError::new(
+            format!("{flag} {key}=`{v}` is not on or off"),
+            format!("use {key}=on or {key}=off"),
+        )),
+    }
+}
+
+/// Parses a `--disk path=P[,readonly=on|off][,id=ID][,iommu=on|off]` value.
+pub fn parse_disk_arg(arg: &str) -> Result<DiskSpec, ConfigError> {
+    let mut d = DiskSpec::default();
+    let mut path = None;
+    for (k, v) in split_opts("--disk", arg, "path", &["path", "readonly", "id", "iommu"])? {
+        match k {
+            "path" => path = Some(v),
+            "readonly" => d.readonly = parse_switch("--disk", k, v)?,
+            "iommu" => d.iommu = parse_switch("--disk", k, v)?,
+            _ => d.id = Some(v.to_string()),
+        }
+    }
+    match path {
+        Some(p) if !p.is_empty() => d.path = PathBuf::from(p),
+        _ => {
+            return Err(ConfigError::new(
+                format!("--disk `{arg}` has no path"),
+                "use --disk path=disk.img[,readonly=on]",
+            ))
+        }
+    }
+    Ok(d)
+}
+
+/// Parses a `--net tap=NAME[,mac=MAC][,iommu=on|off]` value.
+pub fn parse_net_arg(arg: &str) -> Result<NetSpec, ConfigError> {
+    let mut n = NetSpec::default();
+    let mut tap = None;
+    for (k, v) in split_opts("--net", arg, "tap", &["tap", "mac", "iommu"])? {
+        match k {
+            "tap" => tap = Some(v),
+            "mac" => n.mac = Some(parse_mac(v).map_err(|e| e.context("--net"))?),
+            _ => n.iommu = parse_switch("--net", k, v)?,
+        }
+    }
+    n.tap = tap
+        .ok_or_else(|| ConfigError::new(format!("--net `{arg}` has no tap"), "use --net tap=tap0"))?
+        .to_string();
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{DiskConfig, SerialConfig};
+    use std::fs;
+    use std::path::Path;
+
+    fn run(args: &[&str]) -> Result<Command, CliError> {
+        parse_and_build(std::iter::once("iovmm").chain(args.iter().copied()))
+    }
+
+    fn run_err(args: &[&str]) -> String {
+        let e = run(args).unwrap_err();
+        assert_eq!(e.exit_code(), EXIT_USAGE);
+        let s = e.to_string();
+        assert!(!s.contains('\n'), "multi-line: {s:?}");
+        s
+    }
+
+    fn config(cmd: Command) -> VmConfig {
+        let Command::Run { config, .. } = cmd;
+        config
+    }
+
+    /// A temp dir holding `vm.toml`, a fake bzImage and two images.
+    fn fixture(toml: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let mut k = vec![0u8; 0x400];
+        k[0x202..0x206].copy_from_slice(b"HdrS");
+        fs::write(dir.path().join("bzImage"), k).unwrap();
+        fs::write(dir.path().join("a.img"), [0u8; 512]).unwrap();
+        fs::write(dir.path().join("b.img"), [0u8; 512]).unwrap();
+        fs::write(dir.path().join("vm.toml"), toml).unwrap();
+        dir
+    }
+
+    fn s(p: &Path) -> &str {
+        p.to_str().unwrap()
+    }
+
+    #[test]
+    fn help_and_version_are_displayed_by_clap() {
+        for args in [&["--help"][..], &["run", "--help"], &["--version"]] {
+            let e = run(args).unwrap_err();
+            assert!(matches!(e, CliError::Display(_)), "{args:?}");
+            assert_eq!(e.exit_code(), 0);
+        }
+        let help = run(&["run", "--help"]).unwrap_err().to_string();
+        for needle in [
+            "--memory-backing",
+            "--serial-stdin",
+            "[machine]",
+            "[[disk]]",
+            "memory_backing",
+            "default: 512M",
+            "EXIT STATUS",
+        ] {
+            assert!(help.contains(needle), "help lacks {needle}");
+        }
+        let version = run(&["--version"]).unwrap_err().to_string();
+        assert!(version.contains(env!("CARGO_PKG_VERSION")));
+        // No subcommand: help on stderr, usage exit status.
+        assert_eq!(run(&[]).unwrap_err().exit_code(), EXIT_USAGE);
+    }
+
+    #[test]
+    fn clap_usage_errors_are_one_line() {
+        let e = run_err(&["run", "--vcpu", "2"]);
+        assert!(e.contains("unexpected argument '--vcpu'"), "{e}");
+        assert!(e.contains("--vcpus"), "{e}");
+        let e = run_err(&["boot"]);
+        assert!(e.contains("unrecognized subcommand 'boot'"), "{e}");
+    }
+
+    #[test]
+    fn flags_alone() {
+        let dir = fixture("");
+        let k = dir.path().join("bzImage");
+        let a = dir.path().join("a.img");
+        let c = config(
+            run(&[
+                "run",
+                "--kernel",
+                s(&k),
+                "--vcpus",
+                "3",
+                "--memory",
+                "1G",
+                "--memory-backing",
+                "hugetlbfs",
+                "--cmdline",
+                "console=ttyS0 quiet",
+                "--serial",
+                "off",
+                "--disk",
+                &format!("path={},readonly=on,id=root,iommu=on", s(&a)),
+                "--net",
+                "tap=tap7,mac=52:54:00:00:00:07",
+                "--net",
+                "tap8",
+            ])
+            .unwrap(),
+        );
+        assert_eq!(c.vcpus, 3);
+        assert_eq!(c.memory, 1 << 30);
+        assert_eq!(c.memory_backing, MemoryBacking::Hugetlbfs);
+        assert_eq!(c.cmdline, "console=ttyS0 quiet");
+        assert_eq!(c.serial, SerialConfig::Off);
+        assert_eq!(
+            c.disks,
+            vec![DiskConfig {
+                path: a,
+                readonly: true,
+                id: "root".into(),
+                iommu: true
+            }]
+        );
+        assert_eq!(c.nets[0].mac, [0x52, 0x54, 0, 0, 0, 7]);
+        assert_eq!(c.nets[1].tap, "tap8");
+        assert_eq!(c.nets[1].mac, config::default_mac(1));
+    }
+
+    #[test]
+    fn flags_override_file_field_by_field() {
+        let dir = fixture(
+            r#"
+[machine]
+vcpus = 2
+memory = "256M"
+[kernel]
+path = "bzImage"
+cmdline = "from-file"
+[serial]
+stdin = true
+[[disk]]
+path = "a.img"
+[[net]]
+tap = "tap0"
+"#,
+        );
+        let cfg = dir.path().join("vm.toml");
+        let c = config(run(&["run", "--config", s(&cfg)]).unwrap());
+        assert_eq!(c.vcpus, 2);
+        assert_eq!(c.kernel, dir.path().join("bzImage"));
+        assert_eq!(c.disks[0].path, dir.path().join("a.img"));
+        assert_eq!(c.serial, SerialConfig::Stdout { stdin: true });
+
+        let b = dir.path().join("b.img");
+        let c = config(
+            run(&[
+                "run",
+                "--config",
+                s(&cfg),
+                "--vcpus",
+                "4",
+                "--disk",
+                &format!("{},readonly=on", s(&b)),
+                "--serial",
+                "off",
+            ])
+            .unwrap(),
+        );
+        assert_eq!(c.vcpus, 4);
+        assert_eq!(c.memory, 256 << 20);
+        assert_eq!(c.cmdline, "from-file");
+        assert_eq!(
+            c.serial,
+            SerialConfig::Off,
+            "a new output drops the file's stdin"
+        );
+        assert_eq!(c.disks.len(), 1, "--disk replaces the file's list");
+        assert_eq!(c.disks[0].path, b);
+        assert!(c.disks[0].readonly);
+        assert_eq!(c.nets[0].tap, "tap0", "the file's nets stay");
+
+        // The file's error carries its name.
+        fs::write(&cfg, "[machine]\nvcpu = 2\n").unwrap();
+        let e = run_err(&["run", "--config", s(&cfg)]);
+        assert!(
+            e.starts_with(&format!(
+                "config {}: unknown key `vcpu` in [machine]",
+                s(&cfg)
+            )),
+            "{e}"
+        );
+        let e = run_err(&["run", "--config", s(&dir.path().join("nope.toml"))]);
+        assert!(
+            e.contains("cannot read config") && e.contains("--config"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn cli_paths_stay_relative_to_cwd() {
+        let l = cli_layer(&RunArgs {
+            kernel: Some("k/bzImage".into()),
+            serial: Some("log.txt".into()),
+            disk: vec!["d.img".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(l.kernel, Some(PathBuf::from("k/bzImage")));
+        assert_eq!(l.serial_output, Some(SerialOutput::File("log.txt".into())));
+        assert_eq!(l.disks.unwrap()[0].path, PathBuf::from("d.img"));
+    }
+
+    #[test]
+    fn flag_value_errors() {
+        let dir = fixture("");
+        let k = dir.path().join("bzImage");
+        let kernel = ["run", "--kernel", s(&k)];
+        let with = |extra: &[&str]| run_err(&[&kernel[..], extra].concat());
+        assert_eq!(
+            with(&["--vcpus", "two"]),
+            "--vcpus `two` is not a number: use 1 to 16"
+        );
+        assert!(with(&["--vcpus", "0"]).contains("vcpus 0 is out of range"));
+        assert!(
+            with(&["--memory", "1.5G"]).starts_with("--memory: memory size `1.5G` is not a size")
+        );
+        assert!(with(&["--memory", "99M"]).contains("not a multiple of 2 MiB: use e.g. 100M"));
+        assert!(with(&["--memory-backing", "huge"]).contains("use anonymous, thp or hugetlbfs"));
+        assert!(with(&["--serial", ""]).contains("serial output is empty"));
+        assert!(with(&["--serial", "off", "--serial-stdin"]).contains("serial stdin needs"));
+        assert!(with(&["--kernel", ""]).contains("--kernel <PATH>"));
+        assert!(with(&["--log-level", "vmm=loud"]).contains("log level `vmm=loud` is invalid"));
+        let e = run_err(&["run", "--kernel", s(&dir.path().join("missing"))]);
+        assert!(
+            e.contains("does not exist: pass --kernel or set [kernel] path"),
+            "{e}"
+        );
+        assert!(run_err(&["run"]).starts_with("no kernel given"));
+    }
+
+    #[test]
+    fn disk_and_net_args() {
+        let d = parse_disk_arg("path=x.img,readonly=on,id=vdz,iommu=true").unwrap();
+        assert_eq!(d.path, PathBuf::from("x.img"));
+        assert!(d.readonly && d.iommu);
+        assert_eq!(d.id.as_deref(), Some("vdz"));
+        let d = parse_disk_arg("x.img").unwrap();
+        assert!(!d.readonly && !d.iommu && d.id.is_none());
+        let err = |r: Result<DiskSpec, ConfigError>| r.unwrap_err().to_string();
+        assert!(err(parse_disk_arg("")).contains("has no path"));
+        assert!(err(parse_disk_arg("readonly=on")).contains("has no path"));
+        assert!(err(parse_disk_arg("path=")).contains("has no path"));
+        assert!(err(parse_disk_arg("x,ro=on"))
+            .contains("unknown option `ro`: valid options are path, readonly, id, iommu"));
+        assert!(
+            err(parse_disk_arg("x,readonly=maybe")).contains("readonly=`maybe` is not on or off")
+        );
+        assert!(err(parse_disk_arg("x,id=a,id=b")).contains("option `id` given twice"));
+        assert!(err(parse_disk_arg("x,readonly")).contains("`readonly` is not key=value"));
+        let n = parse_net_arg("tap=tap0,mac=52:54:00:00:00:01,iommu=on").unwrap();
+        assert_eq!(n.tap, "tap0");
+        assert_eq!(n.mac, Some([0x52, 0x54, 0, 0, 0, 1]));
+        assert!(n.iommu);
+        assert!(parse_net_arg("mac=52:54:00:00:00:01")
+            .unwrap_err()
+            .to_string()
+            .contains("has no tap"));
+        assert!(parse_net_arg("tap0,mac=1")
+            .unwrap_err()
+            .to_string()
+            .starts_with("--net: MAC address `1` is invalid"));
+    }
+}
