@@ -1,0 +1,123 @@
+//! Assembles a VM from its configuration and runs it to completion.
+
+use std::sync::Arc;
+
+use devices::legacy::{ExitReason, ExitSignal};
+
+use crate::boot::{self, BootError};
+use crate::config::VmConfig;
+use crate::device_manager::{DeviceError, DeviceManager};
+use crate::layout::MemoryLayout;
+use crate::memory::{self, MemoryError};
+use crate::vstate::interrupts::GsiRouter;
+use crate::vstate::vcpu::{Vcpu, VcpuError};
+use crate::vstate::vm::{Vm, VmError};
+
+/// Errors building or starting a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// KVM problem.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// Guest memory.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// Devices.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// Kernel loading.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// ACPI tables.
+    #[error("ACPI tables: {0}")]
+    Acpi(String),
+    /// vCPU setup.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// Interrupt routing or threads.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl BuildError {
+    /// True when the user can fix the problem (paths, /dev/kvm, taps, memory).
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            BuildError::Vm(VmError::NoKvm(_)) | BuildError::Vm(VmError::MissingCap(_)) => true,
+            BuildError::Memory(MemoryError::Mmap { .. }) => true,
+            BuildError::Device(d) => d.is_user_error(),
+            BuildError::Boot(BootError::Setup(_)) => false,
+            BuildError::Boot(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// A running VM.
+pub struct RunningVm {
+    exit: Arc<ExitSignal>,
+    devices: DeviceManager,
+    // Guest RAM must outlive the vCPUs: KVM's memory slots point into it.
+    _mem: vm_memory::GuestMemoryMmap,
+    _vm: Vm,
+}
+
+impl RunningVm {
+    /// Blocks until the guest powers off, resets or the VMM fails.
+    pub fn wait(&self) -> ExitReason {
+        let r = self.exit.wait();
+        self.devices
+            .serial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .flush();
+        r
+    }
+}
+
+/// Builds the VM described by `cfg` and starts its vCPUs.
+pub fn build_and_start(cfg: &VmConfig) -> Result<RunningVm, BuildError> {
+    let vm = Vm::new()?;
+    let layout = MemoryLayout::new(cfg.memory);
+    let mem = memory::create(&layout, cfg.memory_backing)?;
+    vm.register_memory(&mem)?;
+    let exit = Arc::new(ExitSignal::new()?);
+    let router = GsiRouter::new(vm.fd().clone())?;
+    let devices = DeviceManager::new(&vm, cfg, &mem, &layout, &router, &exit)?;
+    let rsdp = crate::acpi::create_acpi_tables(&mem, cfg.vcpus, &layout)
+        .map_err(|e| BuildError::Acpi(e.to_string()))?;
+    let kernel = boot::load_kernel(
+        &mem,
+        &layout,
+        &cfg.kernel,
+        cfg.initramfs.as_deref(),
+        &cfg.cmdline,
+        rsdp,
+    )?;
+    let mut vcpus = Vec::with_capacity(usize::from(cfg.vcpus));
+    for id in 0..cfg.vcpus {
+        vcpus.push(Vcpu::new(&vm, id, cfg.vcpus)?);
+    }
+    if let Some(bsp) = vcpus.first() {
+        bsp.setup_boot(&mem, kernel.entry)?;
+    }
+    tracing::info!(
+        vcpus = cfg.vcpus,
+        memory_mib = cfg.memory >> 20,
+        disks = cfg.disks.len(),
+        nets = cfg.nets.len(),
+        "starting guest"
+    );
+    for (id, vcpu) in vcpus.into_iter().enumerate() {
+        let (pio, mmio, exit) = (devices.pio.clone(), devices.mmio.clone(), exit.clone());
+        std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || vcpu.run(pio, mmio, exit))?;
+    }
+    Ok(RunningVm {
+        exit,
+        devices,
+        _mem: mem,
+        _vm: vm,
+    })
+}

@@ -1,0 +1,181 @@
+//! Creates the VM's devices and wires them to the buses, KVM interrupts
+//! and the PCI root.
+
+use std::fs::OpenOptions;
+use std::io::{self, Read, Write};
+use std::sync::{Arc, Mutex};
+
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use devices::bus::Bus;
+use devices::legacy::{AcpiPm, ExitSignal, SerialDevice, I8042};
+use devices::pci::allocator::AddressAllocator;
+use devices::pci::root::{PciConfigIo, PciConfigMmio, PciRoot};
+use devices::virtio::pci_transport::VirtioPciDevice;
+use devices::virtio::VirtioDevice;
+
+use crate::config::{SerialConfig, VmConfig};
+use crate::layout::{self, MemoryLayout};
+use crate::vstate::interrupts::GsiRouter;
+use crate::vstate::vm::{KvmIoEvents, Vm};
+
+/// Errors creating devices. Messages name the device and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The serial output file could not be opened.
+    #[error("cannot open serial output {0}: {1}: check the path and its directory")]
+    SerialFile(String, io::Error),
+    /// A disk image could not be opened.
+    #[error("disk {id}: {err}")]
+    Disk {
+        /// Disk id.
+        id: String,
+        /// The error (already explains the fix).
+        err: String,
+    },
+    /// A tap could not be opened.
+    #[error("net {tap}: {err}")]
+    Net {
+        /// Tap name.
+        tap: String,
+        /// The error.
+        err: String,
+    },
+    /// Bus or PCI wiring failed (a VMM bug, not user input).
+    #[error("device wiring: {0}")]
+    Wiring(String),
+}
+
+impl DeviceError {
+    /// True for errors the user can fix (bad paths, taps), false for VMM bugs.
+    pub fn is_user_error(&self) -> bool {
+        !matches!(self, DeviceError::Wiring(_))
+    }
+}
+
+fn wiring<E: std::fmt::Display>(e: E) -> DeviceError {
+    DeviceError::Wiring(e.to_string())
+}
+
+/// The devices of one VM, kept alive for its lifetime.
+pub struct DeviceManager {
+    /// Port I/O bus.
+    pub pio: Arc<Bus>,
+    /// MMIO bus.
+    pub mmio: Arc<Bus>,
+    /// COM1.
+    pub serial: Arc<Mutex<SerialDevice>>,
+    /// The PCI root bus.
+    pub pci: Arc<Mutex<PciRoot>>,
+}
+
+impl DeviceManager {
+    /// Creates legacy devices, the PCI root and every virtio device of `cfg`.
+    pub fn new(
+        vm: &Vm,
+        cfg: &VmConfig,
+        mem: &GuestMemoryMmap,
+        layout: &MemoryLayout,
+        router: &Arc<GsiRouter>,
+        exit: &Arc<ExitSignal>,
+    ) -> Result<Self, DeviceError> {
+        let pio = Arc::new(Bus::new());
+        let mmio = Arc::new(Bus::new());
+
+        // COM1 on IRQ 4 through an irqfd.
+        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(wiring)?;
+        vm.fd()
+            .register_irqfd(&irq, layout::COM1_IRQ)
+            .map_err(wiring)?;
+        let out: Box<dyn Write + Send> = match &cfg.serial {
+            SerialConfig::Stdout { .. } => Box::new(io::stdout()),
+            SerialConfig::File(p) => Box::new(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| DeviceError::SerialFile(p.display().to_string(), e))?,
+            ),
+            SerialConfig::Off => Box::new(io::sink()),
+        };
+        let serial = Arc::new(Mutex::new(SerialDevice::new(irq, out)));
+        pio.insert(serial.clone(), layout::COM1_PORT, 8).map_err(wiring)?;
+        if let SerialConfig::Stdout { stdin: true } = cfg.serial {
+            spawn_stdin_reader(serial.clone());
+        }
+
+        let i8042 = Arc::new(Mutex::new(I8042::new(exit.clone())));
+        pio.insert(i8042.clone(), layout::I8042_PORT, 1).map_err(wiring)?;
+        pio.insert(i8042, layout::I8042_PORT + 4, 1).map_err(wiring)?;
+        let pm = AcpiPm::new(exit.clone(), layout::ACPI_S5_SLP_TYP, layout::ACPI_RESET_VALUE);
+        pio.insert(Arc::new(Mutex::new(pm)), layout::ACPI_PM_PORT, 3)
+            .map_err(wiring)?;
+
+        // PCI root: legacy config ports and ECAM.
+        let ioevents = Arc::new(KvmIoEvents(vm.fd().clone()));
+        let pci = Arc::new(Mutex::new(PciRoot::new(mmio.clone(), pio.clone(), ioevents)));
+        pio.insert(Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))), 0xcf8, 8)
+            .map_err(wiring)?;
+        mmio.insert(
+            Arc::new(Mutex::new(PciConfigMmio::new(pci.clone()))),
+            layout::PCI_ECAM_START,
+            layout::PCI_ECAM_BUS0_SIZE,
+        )
+        .map_err(wiring)?;
+
+        let mut mmio64 = AddressAllocator::new(layout.mmio64.start, layout.mmio64.len);
+        let mut add_virtio = |dev: Box<dyn VirtioDevice>| -> Result<(), DeviceError> {
+            let vectors = dev.queue_max_sizes().len() + 1;
+            let msi = Arc::new(router.new_msi_group(vectors).map_err(wiring)?);
+            let bar_size = VirtioPciDevice::BAR_SIZE;
+            let bar = mmio64
+                .allocate(bar_size, bar_size)
+                .ok_or_else(|| wiring("64-bit PCI window exhausted"))?;
+            let pdev = VirtioPciDevice::new(dev, mem.clone(), msi, bar).map_err(wiring)?;
+            pci.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .add_device(Arc::new(Mutex::new(pdev)))
+                .map_err(wiring)?;
+            Ok(())
+        };
+        let _ = &mut add_virtio;
+        Ok(DeviceManager {
+            pio,
+            mmio,
+            serial,
+            pci,
+        })
+    }
+}
+
+fn spawn_stdin_reader(serial: Arc<Mutex<SerialDevice>>) {
+    let spawned = std::thread::Builder::new()
+        .name("serial-stdin".into())
+        .spawn(move || {
+            let mut buf = [0u8; 64];
+            let mut stdin = io::stdin();
+            loop {
+                match stdin.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        let mut off = 0;
+                        while off < n {
+                            let q = serial
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .enqueue_input(&buf[off..n])
+                                .unwrap_or(0);
+                            off += q;
+                            if q == 0 {
+                                std::thread::sleep(std::time::Duration::from_millis(5));
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start the serial input thread: {e}");
+    }
+}

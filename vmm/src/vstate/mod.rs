@@ -1,0 +1,6 @@
+//! KVM state: the VM file descriptor with its interrupt routing, and vCPUs.
+
+pub mod cpuid;
+pub mod interrupts;
+pub mod vcpu;
+pub mod vm;
