@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 pub mod bus;
+pub mod dma;
 pub mod interrupt;
 pub mod legacy;
 pub mod pci;

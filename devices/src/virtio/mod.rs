@@ -12,8 +12,9 @@ use std::sync::Arc;
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
-/// Guest memory as seen by devices.
-pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
+/// Guest memory as seen by devices: IOVAs when the device sits behind the
+/// virtual IOMMU, guest-physical addresses otherwise (see [`crate::dma`]).
+pub type GuestMemory = crate::dma::DmaMemory;
 
 /// Virtio device type IDs used by iovmm (virtio spec 1.2, section 5).
 pub mod device_type {
@@ -97,4 +98,6 @@ pub mod block;
 pub mod net;
 pub mod pci_transport;
 pub mod tap;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod testing;
 pub mod worker;

@@ -60,7 +60,8 @@ struct Rig {
 }
 
 fn rig() -> Rig {
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+    let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+    let mem = crate::dma::untranslated(ram);
     let log = Arc::new(Mutex::new(Log::default()));
     let interrupt = Arc::new(Mutex::new(None));
     let fake = FakeDevice {

@@ -1,0 +1,178 @@
+use std::io::Write;
+use std::sync::Mutex;
+
+use super::*;
+use crate::virtio::testing::TestQueue;
+
+#[derive(Default)]
+struct Irq(Mutex<Vec<u16>>);
+impl VirtioInterrupt for Irq {
+    fn signal_used_queue(&self, q: u16) -> io::Result<()> {
+        self.0.lock().unwrap().push(q);
+        Ok(())
+    }
+    fn signal_config_change(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn image(len: usize) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    let data: Vec<u8> = (0..len).map(|i| (i / 512) as u8 ^ (i as u8)).collect();
+    f.write_all(&data).unwrap();
+    f
+}
+
+struct Rig {
+    tq: TestQueue,
+    w: BlockWorker,
+    _img: tempfile::NamedTempFile,
+}
+
+fn rig(readonly: bool) -> Rig {
+    let img = image(64 * 1024);
+    let dev = VirtioBlock::new(img.path(), readonly, "disk-serial-0123456789abcdef").unwrap();
+    let tq = TestQueue::new(16);
+    let w = BlockWorker {
+        mem: tq.memory(),
+        queue: tq.queue(),
+        evt: EventFd::new(0).unwrap(),
+        disk: Disk {
+            file: dev.file.try_clone().unwrap(),
+            capacity: dev.capacity,
+            readonly,
+            id: dev.id,
+            buf: Vec::new(),
+        },
+        interrupt: Arc::new(Irq::default()),
+        index: 0,
+        stats: dev.stats(),
+        segs: Vec::new(),
+    };
+    Rig { tq, w, _img: img }
+}
+
+fn header(tq: &TestQueue, at: u64, ty: u32, sector: u64) {
+    tq.ram.write_obj(ty, GuestAddress(at)).unwrap();
+    tq.ram.write_obj(0u32, GuestAddress(at + 4)).unwrap();
+    tq.ram.write_obj(sector, GuestAddress(at + 8)).unwrap();
+}
+
+fn status_at(tq: &TestQueue, at: u64) -> u8 {
+    tq.ram.read_obj(GuestAddress(at)).unwrap()
+}
+
+#[test]
+fn read_spans_descriptors_and_returns_data() {
+    let mut r = rig(false);
+    header(&r.tq, 0x10000, req::IN, 2);
+    r.tq.ram.write_obj(0xffu8, GuestAddress(0x30000)).unwrap();
+    let head = r
+        .tq
+        .add_chain(&[(0x10000, 16, false), (0x20000, 512, true), (0x21000, 512, true), (0x30000, 1, true)]);
+    assert!(r.w.process());
+    assert_eq!(r.tq.used_idx(), 1);
+    assert_eq!(r.tq.used(0), (head, 1025));
+    assert_eq!(status_at(&r.tq, 0x30000), status::OK);
+    let mut got = [0u8; 4];
+    r.tq.ram.read_slice(&mut got, GuestAddress(0x21000)).unwrap();
+    let off = 3 * 512usize;
+    let want: Vec<u8> = (off..off + 4).map(|i| (i / 512) as u8 ^ (i as u8)).collect();
+    assert_eq!(&got[..], &want[..]);
+    assert_eq!(r.w.stats.read_bytes.load(Ordering::Relaxed), 1024);
+}
+
+#[test]
+fn write_then_read_back_and_flush() {
+    let mut r = rig(false);
+    r.tq.ram.write_slice(&[0xa5; 512], GuestAddress(0x20000)).unwrap();
+    header(&r.tq, 0x10000, req::OUT, 5);
+    r.tq.add_chain(&[(0x10000, 16, false), (0x20000, 512, false), (0x30000, 1, true)]);
+    header(&r.tq, 0x11000, req::FLUSH, 0);
+    r.tq.add_chain(&[(0x11000, 16, false), (0x30001, 1, true)]);
+    r.w.process();
+    assert_eq!(status_at(&r.tq, 0x30000), status::OK);
+    assert_eq!(status_at(&r.tq, 0x30001), status::OK);
+    let mut back = [0u8; 512];
+    r.w.disk.file.read_exact_at(&mut back, 5 * 512).unwrap();
+    assert_eq!(back, [0xa5; 512]);
+}
+
+#[test]
+fn get_id_and_unsupported_types() {
+    let mut r = rig(false);
+    header(&r.tq, 0x10000, req::GET_ID, 0);
+    r.tq.add_chain(&[(0x10000, 16, false), (0x20000, 20, true), (0x30000, 1, true)]);
+    header(&r.tq, 0x11000, 77, 0);
+    r.tq.add_chain(&[(0x11000, 16, false), (0x30001, 1, true)]);
+    r.w.process();
+    let mut id = [0u8; 20];
+    r.tq.ram.read_slice(&mut id, GuestAddress(0x20000)).unwrap();
+    assert_eq!(&id, b"disk-serial-01234567");
+    assert_eq!(r.tq.used(0).1, 21);
+    assert_eq!(status_at(&r.tq, 0x30001), status::UNSUPP);
+}
+
+#[test]
+fn read_only_and_out_of_range_requests_fail_with_ioerr() {
+    let mut r = rig(true);
+    r.tq.ram.write_slice(&[0x5a; 512], GuestAddress(0x20000)).unwrap();
+    header(&r.tq, 0x10000, req::OUT, 0);
+    r.tq.add_chain(&[(0x10000, 16, false), (0x20000, 512, false), (0x30000, 1, true)]);
+    header(&r.tq, 0x11000, req::IN, 127);
+    r.tq.add_chain(&[(0x11000, 16, false), (0x21000, 1024, true), (0x30001, 1, true)]);
+    header(&r.tq, 0x12000, req::IN, u64::MAX / 2);
+    r.tq.add_chain(&[(0x12000, 16, false), (0x22000, 512, true), (0x30002, 1, true)]);
+    r.w.process();
+    assert_eq!(status_at(&r.tq, 0x30000), status::IOERR);
+    assert_eq!(status_at(&r.tq, 0x30001), status::IOERR);
+    assert_eq!(status_at(&r.tq, 0x30002), status::IOERR);
+    let mut first = [0u8; 512];
+    r.w.disk.file.read_exact_at(&mut first, 0).unwrap();
+    assert_ne!(first, [0x5a; 512], "read-only image unchanged");
+    assert_eq!(r.w.stats.errors.load(Ordering::Relaxed), 3);
+}
+
+#[test]
+fn malformed_chains_are_consumed_without_panicking() {
+    let mut r = rig(false);
+    // No writable status descriptor.
+    header(&r.tq, 0x10000, req::IN, 0);
+    r.tq.add_chain(&[(0x10000, 16, false), (0x20000, 512, false)]);
+    // Header too short; status still answerable.
+    r.tq.add_chain(&[(0x10000, 4, false), (0x30000, 1, true)]);
+    // Data direction wrong for IN.
+    r.tq.add_chain(&[(0x10000, 16, false), (0x20000, 512, false), (0x30001, 1, true)]);
+    // Buffer outside guest memory.
+    header(&r.tq, 0x11000, req::IN, 0);
+    r.tq.add_chain(&[(0x11000, 16, false), (0xfff_0000, 512, true), (0x30002, 1, true)]);
+    // A single descriptor.
+    r.tq.add_chain(&[(0x10000, 16, true)]);
+    r.w.process();
+    assert_eq!(r.tq.used_idx(), 5);
+    assert_eq!(status_at(&r.tq, 0x30000), status::IOERR);
+    assert_eq!(status_at(&r.tq, 0x30001), status::IOERR);
+    assert_eq!(status_at(&r.tq, 0x30002), status::IOERR);
+    assert_eq!(r.w.stats.malformed.load(Ordering::Relaxed), 2);
+}
+
+#[test]
+fn config_and_features() {
+    let img = image(4096 + 100);
+    let d = VirtioBlock::new(img.path(), true, "x").unwrap();
+    let mut cap = [0u8; 8];
+    d.read_config(0, &mut cap);
+    assert_eq!(u64::from_le_bytes(cap), 8);
+    let mut bs = [0u8; 4];
+    d.read_config(20, &mut bs);
+    assert_eq!(u32::from_le_bytes(bs), 512);
+    let mut beyond = [0xffu8; 4];
+    d.read_config(100, &mut beyond);
+    assert_eq!(beyond, [0; 4]);
+    assert_ne!(d.avail_features() & F_RO, 0);
+    assert!(VirtioBlock::new(Path::new("/nonexistent/img"), false, "x")
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("/nonexistent/img"));
+}
