@@ -12,6 +12,8 @@ use devices::bus::Bus;
 use devices::legacy::{AcpiPm, ExitSignal, SerialDevice, I8042};
 use devices::pci::allocator::AddressAllocator;
 use devices::pci::root::{PciConfigIo, PciConfigMmio, PciRoot};
+use devices::virtio::block::VirtioBlock;
+use devices::virtio::net::VirtioNet;
 use devices::virtio::pci_transport::VirtioPciDevice;
 use devices::virtio::VirtioDevice;
 
@@ -132,14 +134,28 @@ impl DeviceManager {
             let bar = mmio64
                 .allocate(bar_size, bar_size)
                 .ok_or_else(|| wiring("64-bit PCI window exhausted"))?;
-            let pdev = VirtioPciDevice::new(dev, mem.clone(), msi, bar).map_err(wiring)?;
+            let dma = devices::dma::untranslated(mem.clone());
+            let pdev = VirtioPciDevice::new(dev, dma, msi, bar).map_err(wiring)?;
             pci.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .add_device(Arc::new(Mutex::new(pdev)))
                 .map_err(wiring)?;
             Ok(())
         };
-        let _ = &mut add_virtio;
+        for d in &cfg.disks {
+            let blk = VirtioBlock::new(&d.path, d.readonly, &d.id).map_err(|e| DeviceError::Disk {
+                id: d.id.clone(),
+                err: e.to_string(),
+            })?;
+            add_virtio(Box::new(blk))?;
+        }
+        for n in &cfg.nets {
+            let net = VirtioNet::with_tap(&n.tap, n.mac).map_err(|e| DeviceError::Net {
+                tap: n.tap.clone(),
+                err: e.to_string(),
+            })?;
+            add_virtio(Box::new(net))?;
+        }
         Ok(DeviceManager {
             pio,
             mmio,

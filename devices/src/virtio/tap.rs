@@ -83,6 +83,14 @@ impl Tap {
         })
     }
 
+    /// Another handle on the same queue (a duplicated descriptor).
+    pub fn try_clone(&self) -> io::Result<Tap> {
+        Ok(Tap {
+            file: self.file.try_clone()?,
+            name: self.name.clone(),
+        })
+    }
+
     /// The interface name.
     pub fn name(&self) -> &str {
         &self.name
@@ -119,16 +127,5 @@ mod tests {
         assert!(Tap::open("").is_err());
         let e = Tap::open("a-very-long-tap-name").err().unwrap();
         assert!(e.to_string().contains("1 to 15 bytes"));
-    }
-
-    #[test]
-    fn opens_a_tap_when_permitted() {
-        match Tap::open("iovmmtest0") {
-            Ok(t) => assert_eq!(t.name(), "iovmmtest0"),
-            Err(e) => {
-                eprintln!("skipping: cannot create a tap here: {e}");
-                assert!(e.to_string().contains("iovmmtest0"));
-            }
-        }
     }
 }
