@@ -1,6 +1,7 @@
 use std::collections::VecDeque;
 
 use super::*;
+use vm_memory::GuestAddress;
 use crate::virtio::testing::TestQueue;
 
 /// Frames in, frames out.
