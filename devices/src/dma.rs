@@ -258,7 +258,11 @@ mod tests {
         assert_eq!(v >> 8 & 0xff, 0x55, "second page comes from gpa 0x8000");
         let before = t.lookups.load(Ordering::Relaxed);
         let _: u8 = mem.read_obj(GuestAddress(0x1000_0000)).unwrap();
-        assert_eq!(t.lookups.load(Ordering::Relaxed), before, "served by the IOTLB");
+        assert_eq!(
+            t.lookups.load(Ordering::Relaxed),
+            before,
+            "served by the IOTLB"
+        );
         assert!(tlb.counters().0 > 0);
     }
 
@@ -267,7 +271,12 @@ mod tests {
         let (t, _tlb, mem) = setup();
         assert!(mem.write_obj(1u8, GuestAddress(0x3000_0000)).is_err());
         assert!(mem.write_obj(1u32, GuestAddress(0x1000_1000)).is_err());
-        assert_eq!(mem.get_backend().read_obj::<u32>(GuestAddress(0x8000)).unwrap(), 0);
+        assert_eq!(
+            mem.get_backend()
+                .read_obj::<u32>(GuestAddress(0x8000))
+                .unwrap(),
+            0
+        );
         assert_eq!(*t.faults.lock().unwrap(), vec![0x3000_0000, 0x1000_1000]);
         assert!(mem.read_obj::<u8>(GuestAddress(u64::MAX)).is_err());
     }
@@ -289,6 +298,11 @@ mod tests {
         let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
         let mem = untranslated(ram);
         mem.write_obj(7u8, GuestAddress(0x10)).unwrap();
-        assert_eq!(mem.get_backend().read_obj::<u8>(GuestAddress(0x10)).unwrap(), 7);
+        assert_eq!(
+            mem.get_backend()
+                .read_obj::<u8>(GuestAddress(0x10))
+                .unwrap(),
+            7
+        );
     }
 }

@@ -46,7 +46,9 @@ pub enum BootError {
     #[error("kernel {0} is neither a bzImage nor an ELF vmlinux with a PVH entry point: pass a Linux bzImage (e.g. /boot/vmlinuz-*)")]
     BadKernel(String),
     /// The initramfs does not fit in guest memory below the kernel's limit.
-    #[error("initramfs of {0} bytes does not fit in guest memory: give the VM more memory (--memory)")]
+    #[error(
+        "initramfs of {0} bytes does not fit in guest memory: give the VM more memory (--memory)"
+    )]
     InitramfsTooLarge(u64),
     /// The command line is invalid.
     #[error("bad kernel command line: {0}")]
@@ -97,8 +99,8 @@ pub fn load_kernel(
         }
     };
 
-    let mut cl = Cmdline::new(layout::CMDLINE_MAX_SIZE)
-        .map_err(|e| BootError::Cmdline(e.to_string()))?;
+    let mut cl =
+        Cmdline::new(layout::CMDLINE_MAX_SIZE).map_err(|e| BootError::Cmdline(e.to_string()))?;
     cl.insert_str(cmdline)
         .map_err(|e| BootError::Cmdline(e.to_string()))?;
     loader::load_cmdline(mem, GuestAddress(layout::CMDLINE_START), &cl)
@@ -124,7 +126,9 @@ pub fn load_kernel(
         Some(entry) => {
             write_pvh_info(mem, &e820, initrd, rsdp)?;
             Ok(LoadedKernel {
-                entry: BootEntry::Pvh { rip: entry.raw_value() },
+                entry: BootEntry::Pvh {
+                    rip: entry.raw_value(),
+                },
             })
         }
         None => {
@@ -182,10 +186,7 @@ fn load_initramfs(
     kernel_end: u64,
 ) -> Result<(u64, u64), BootError> {
     let mut f = File::open(path).map_err(read_err("initramfs", path))?;
-    let size = f
-        .metadata()
-        .map_err(read_err("initramfs", path))?
-        .len();
+    let size = f.metadata().map_err(read_err("initramfs", path))?.len();
     let low_end = layout.ram[0].end().min(max_addr + 1);
     let addr = low_end
         .checked_sub(size)

@@ -370,7 +370,7 @@ fn check_vcpus(n: i64) -> Result<u8, ConfigError> {
 
 fn check_memory(bytes: u64) -> Result<u64, ConfigError> {
     let shown = format_size(bytes);
-    if bytes % MEMORY_ALIGN != 0 {
+    if !bytes.is_multiple_of(MEMORY_ALIGN) {
         let up = bytes.div_ceil(MEMORY_ALIGN).saturating_mul(MEMORY_ALIGN);
         return Err(ConfigError::new(
             format!("memory {shown} is not a multiple of 2 MiB"),
@@ -713,7 +713,7 @@ pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
 /// Formats a byte count with the largest exact binary unit (`512M`, `3G`).
 pub fn format_size(bytes: u64) -> String {
     for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
-        if bytes != 0 && bytes % (1u64 << shift) == 0 {
+        if bytes != 0 && bytes.is_multiple_of(1u64 << shift) {
             return format!("{}{unit}", bytes >> shift);
         }
     }

@@ -102,23 +102,38 @@ impl DeviceManager {
             SerialConfig::Off => Box::new(io::sink()),
         };
         let serial = Arc::new(Mutex::new(SerialDevice::new(irq, out)));
-        pio.insert(serial.clone(), layout::COM1_PORT, 8).map_err(wiring)?;
+        pio.insert(serial.clone(), layout::COM1_PORT, 8)
+            .map_err(wiring)?;
         if let SerialConfig::Stdout { stdin: true } = cfg.serial {
             spawn_stdin_reader(serial.clone());
         }
 
         let i8042 = Arc::new(Mutex::new(I8042::new(exit.clone())));
-        pio.insert(i8042.clone(), layout::I8042_PORT, 1).map_err(wiring)?;
-        pio.insert(i8042, layout::I8042_PORT + 4, 1).map_err(wiring)?;
-        let pm = AcpiPm::new(exit.clone(), layout::ACPI_S5_SLP_TYP, layout::ACPI_RESET_VALUE);
+        pio.insert(i8042.clone(), layout::I8042_PORT, 1)
+            .map_err(wiring)?;
+        pio.insert(i8042, layout::I8042_PORT + 4, 1)
+            .map_err(wiring)?;
+        let pm = AcpiPm::new(
+            exit.clone(),
+            layout::ACPI_S5_SLP_TYP,
+            layout::ACPI_RESET_VALUE,
+        );
         pio.insert(Arc::new(Mutex::new(pm)), layout::ACPI_PM_PORT, 3)
             .map_err(wiring)?;
 
         // PCI root: legacy config ports and ECAM.
         let ioevents = Arc::new(KvmIoEvents(vm.fd().clone()));
-        let pci = Arc::new(Mutex::new(PciRoot::new(mmio.clone(), pio.clone(), ioevents)));
-        pio.insert(Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))), 0xcf8, 8)
-            .map_err(wiring)?;
+        let pci = Arc::new(Mutex::new(PciRoot::new(
+            mmio.clone(),
+            pio.clone(),
+            ioevents,
+        )));
+        pio.insert(
+            Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))),
+            0xcf8,
+            8,
+        )
+        .map_err(wiring)?;
         mmio.insert(
             Arc::new(Mutex::new(PciConfigMmio::new(pci.clone()))),
             layout::PCI_ECAM_START,
@@ -143,16 +158,17 @@ impl DeviceManager {
             Ok(())
         };
         for d in &cfg.disks {
-            let blk = VirtioBlock::new(&d.path, d.readonly, &d.id).map_err(|e| DeviceError::Disk {
-                id: d.id.clone(),
-                err: e.to_string(),
-            })?;
+            let blk =
+                VirtioBlock::new(&d.path, d.readonly, &d.id).map_err(|e| DeviceError::Disk {
+                    id: d.id.clone(),
+                    err: e.to_string(),
+                })?;
             add_virtio(Box::new(blk))?;
         }
         for n in &cfg.nets {
             let net = VirtioNet::with_tap(&n.tap, n.mac).map_err(|e| DeviceError::Net {
                 tap: n.tap.clone(),
-                err: e.to_string(),
+                err: crate::config::tap_open_hint(&n.tap, &e).to_string(),
             })?;
             add_virtio(Box::new(net))?;
         }

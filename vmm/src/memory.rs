@@ -26,7 +26,10 @@ pub enum MemoryError {
 }
 
 /// Allocates the RAM regions of `layout` with the requested backing.
-pub fn create(layout: &MemoryLayout, backing: MemoryBacking) -> Result<GuestMemoryMmap, MemoryError> {
+pub fn create(
+    layout: &MemoryLayout,
+    backing: MemoryBacking,
+) -> Result<GuestMemoryMmap, MemoryError> {
     let (name, extra_flags, hint) = match backing {
         MemoryBacking::Anonymous => ("anonymous", 0, ""),
         MemoryBacking::Thp => ("thp", 0, ""),
@@ -41,7 +44,9 @@ pub fn create(layout: &MemoryLayout, backing: MemoryBacking) -> Result<GuestMemo
         let size = usize::try_from(r.len).map_err(|e| MemoryError::Layout(e.to_string()))?;
         let region = vm_memory::mmap::MmapRegionBuilder::new(size)
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | extra_flags)
+            .with_mmap_flags(
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | extra_flags,
+            )
             .with_hugetlbfs(backing == MemoryBacking::Hugetlbfs)
             .build()
             .map_err(|e| MemoryError::Mmap {
@@ -54,10 +59,17 @@ pub fn create(layout: &MemoryLayout, backing: MemoryBacking) -> Result<GuestMemo
             // SAFETY: the range is exactly the mapping just created and owned
             // by `region`; madvise only changes paging advice.
             let ret = unsafe {
-                libc::madvise(region.as_ptr() as *mut libc::c_void, size, libc::MADV_HUGEPAGE)
+                libc::madvise(
+                    region.as_ptr() as *mut libc::c_void,
+                    size,
+                    libc::MADV_HUGEPAGE,
+                )
             };
             if ret != 0 {
-                tracing::warn!("madvise(MADV_HUGEPAGE) failed: {}", std::io::Error::last_os_error());
+                tracing::warn!(
+                    "madvise(MADV_HUGEPAGE) failed: {}",
+                    std::io::Error::last_os_error()
+                );
             }
         }
         let region: MmapRegion<()> = region;
@@ -72,14 +84,15 @@ pub fn create(layout: &MemoryLayout, backing: MemoryBacking) -> Result<GuestMemo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::{Bytes, GuestMemory};
+    use vm_memory::{Bytes, GuestMemoryBackend};
 
     #[test]
     fn regions_follow_layout() {
         let layout = MemoryLayout::new(64 << 20);
         let mem = create(&layout, MemoryBacking::Anonymous).unwrap();
         assert_eq!(mem.num_regions(), 1);
-        mem.write_obj(0xdead_beefu32, GuestAddress((64 << 20) - 4)).unwrap();
+        mem.write_obj(0xdead_beefu32, GuestAddress((64 << 20) - 4))
+            .unwrap();
         assert!(mem.write_obj(1u8, GuestAddress(64 << 20)).is_err());
         let thp = create(&layout, MemoryBacking::Thp).unwrap();
         assert_eq!(thp.num_regions(), 1);

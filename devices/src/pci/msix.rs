@@ -186,7 +186,7 @@ impl Msix {
 
     /// Guest write to the vector table at `offset`.
     pub fn write_table(&mut self, offset: u64, data: &[u8]) {
-        if !matches!(data.len(), 4 | 8) || offset % 4 != 0 {
+        if !matches!(data.len(), 4 | 8) || !offset.is_multiple_of(4) {
             return;
         }
         let (i, field) = (

@@ -143,7 +143,10 @@ impl Disk {
                 let Some(start) = sector.checked_mul(SECTOR) else {
                     return (status::IOERR, 0);
                 };
-                if start.checked_add(total).is_none_or(|end| end > self.capacity) {
+                if start
+                    .checked_add(total)
+                    .is_none_or(|end| end > self.capacity)
+                {
                     return (status::IOERR, 0);
                 }
                 if ty == req::OUT && self.readonly {
@@ -200,7 +203,8 @@ impl Disk {
         if self.file.read_exact_at(&mut self.buf[..len], off).is_err() {
             return false;
         }
-        mem.write_slice(&self.buf[..len], GuestAddress(s.addr)).is_ok()
+        mem.write_slice(&self.buf[..len], GuestAddress(s.addr))
+            .is_ok()
     }
 
     fn write_from<M: Bytes<GuestAddress>>(&mut self, mem: &M, off: u64, s: &Seg) -> bool {

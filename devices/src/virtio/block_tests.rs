@@ -67,17 +67,24 @@ fn read_spans_descriptors_and_returns_data() {
     let mut r = rig(false);
     header(&r.tq, 0x10000, req::IN, 2);
     r.tq.ram.write_obj(0xffu8, GuestAddress(0x30000)).unwrap();
-    let head = r
-        .tq
-        .add_chain(&[(0x10000, 16, false), (0x20000, 512, true), (0x21000, 512, true), (0x30000, 1, true)]);
+    let head = r.tq.add_chain(&[
+        (0x10000, 16, false),
+        (0x20000, 512, true),
+        (0x21000, 512, true),
+        (0x30000, 1, true),
+    ]);
     assert!(r.w.process());
     assert_eq!(r.tq.used_idx(), 1);
     assert_eq!(r.tq.used(0), (head, 1025));
     assert_eq!(status_at(&r.tq, 0x30000), status::OK);
     let mut got = [0u8; 4];
-    r.tq.ram.read_slice(&mut got, GuestAddress(0x21000)).unwrap();
+    r.tq.ram
+        .read_slice(&mut got, GuestAddress(0x21000))
+        .unwrap();
     let off = 3 * 512usize;
-    let want: Vec<u8> = (off..off + 4).map(|i| (i / 512) as u8 ^ (i as u8)).collect();
+    let want: Vec<u8> = (off..off + 4)
+        .map(|i| (i / 512) as u8 ^ (i as u8))
+        .collect();
     assert_eq!(&got[..], &want[..]);
     assert_eq!(r.w.stats.read_bytes.load(Ordering::Relaxed), 1024);
 }
@@ -85,9 +92,15 @@ fn read_spans_descriptors_and_returns_data() {
 #[test]
 fn write_then_read_back_and_flush() {
     let mut r = rig(false);
-    r.tq.ram.write_slice(&[0xa5; 512], GuestAddress(0x20000)).unwrap();
+    r.tq.ram
+        .write_slice(&[0xa5; 512], GuestAddress(0x20000))
+        .unwrap();
     header(&r.tq, 0x10000, req::OUT, 5);
-    r.tq.add_chain(&[(0x10000, 16, false), (0x20000, 512, false), (0x30000, 1, true)]);
+    r.tq.add_chain(&[
+        (0x10000, 16, false),
+        (0x20000, 512, false),
+        (0x30000, 1, true),
+    ]);
     header(&r.tq, 0x11000, req::FLUSH, 0);
     r.tq.add_chain(&[(0x11000, 16, false), (0x30001, 1, true)]);
     r.w.process();
@@ -102,7 +115,11 @@ fn write_then_read_back_and_flush() {
 fn get_id_and_unsupported_types() {
     let mut r = rig(false);
     header(&r.tq, 0x10000, req::GET_ID, 0);
-    r.tq.add_chain(&[(0x10000, 16, false), (0x20000, 20, true), (0x30000, 1, true)]);
+    r.tq.add_chain(&[
+        (0x10000, 16, false),
+        (0x20000, 20, true),
+        (0x30000, 1, true),
+    ]);
     header(&r.tq, 0x11000, 77, 0);
     r.tq.add_chain(&[(0x11000, 16, false), (0x30001, 1, true)]);
     r.w.process();
@@ -116,13 +133,27 @@ fn get_id_and_unsupported_types() {
 #[test]
 fn read_only_and_out_of_range_requests_fail_with_ioerr() {
     let mut r = rig(true);
-    r.tq.ram.write_slice(&[0x5a; 512], GuestAddress(0x20000)).unwrap();
+    r.tq.ram
+        .write_slice(&[0x5a; 512], GuestAddress(0x20000))
+        .unwrap();
     header(&r.tq, 0x10000, req::OUT, 0);
-    r.tq.add_chain(&[(0x10000, 16, false), (0x20000, 512, false), (0x30000, 1, true)]);
+    r.tq.add_chain(&[
+        (0x10000, 16, false),
+        (0x20000, 512, false),
+        (0x30000, 1, true),
+    ]);
     header(&r.tq, 0x11000, req::IN, 127);
-    r.tq.add_chain(&[(0x11000, 16, false), (0x21000, 1024, true), (0x30001, 1, true)]);
+    r.tq.add_chain(&[
+        (0x11000, 16, false),
+        (0x21000, 1024, true),
+        (0x30001, 1, true),
+    ]);
     header(&r.tq, 0x12000, req::IN, u64::MAX / 2);
-    r.tq.add_chain(&[(0x12000, 16, false), (0x22000, 512, true), (0x30002, 1, true)]);
+    r.tq.add_chain(&[
+        (0x12000, 16, false),
+        (0x22000, 512, true),
+        (0x30002, 1, true),
+    ]);
     r.w.process();
     assert_eq!(status_at(&r.tq, 0x30000), status::IOERR);
     assert_eq!(status_at(&r.tq, 0x30001), status::IOERR);
@@ -142,10 +173,18 @@ fn malformed_chains_are_consumed_without_panicking() {
     // Header too short; status still answerable.
     r.tq.add_chain(&[(0x10000, 4, false), (0x30000, 1, true)]);
     // Data direction wrong for IN.
-    r.tq.add_chain(&[(0x10000, 16, false), (0x20000, 512, false), (0x30001, 1, true)]);
+    r.tq.add_chain(&[
+        (0x10000, 16, false),
+        (0x20000, 512, false),
+        (0x30001, 1, true),
+    ]);
     // Buffer outside guest memory.
     header(&r.tq, 0x11000, req::IN, 0);
-    r.tq.add_chain(&[(0x11000, 16, false), (0xfff_0000, 512, true), (0x30002, 1, true)]);
+    r.tq.add_chain(&[
+        (0x11000, 16, false),
+        (0xfff_0000, 512, true),
+        (0x30002, 1, true),
+    ]);
     // A single descriptor.
     r.tq.add_chain(&[(0x10000, 16, true)]);
     r.w.process();

@@ -187,9 +187,7 @@ impl<B: NetBackend> NetQueues<B> {
                 0
             } else {
                 self.stats.rx_packets.fetch_add(1, Ordering::Relaxed);
-                self.stats
-                    .rx_bytes
-                    .fetch_add(len as u64, Ordering::Relaxed);
+                self.stats.rx_bytes.fetch_add(len as u64, Ordering::Relaxed);
                 len as u32
             };
             if self.rx.add_used(&self.mem, head, written).is_err() {
@@ -338,7 +336,9 @@ impl VirtioDevice for VirtioNet {
             }
         }
         let (Some((rxq, rx_evt)), Some((txq, tx_evt))) = (rx, tx) else {
-            return Err(ActivateError::BadConfig("rx and tx queues must be enabled".into()));
+            return Err(ActivateError::BadConfig(
+                "rx and tx queues must be enabled".into(),
+            ));
         };
         let tap = self.tap.try_clone()?;
         let w = NetWorker {

@@ -1,8 +1,8 @@
 use std::collections::VecDeque;
 
 use super::*;
-use vm_memory::GuestAddress;
 use crate::virtio::testing::TestQueue;
+use vm_memory::GuestAddress;
 
 /// Frames in, frames out.
 #[derive(Default)]
@@ -70,11 +70,23 @@ fn transmit_gathers_all_descriptors_of_a_chain() {
     let mut r = rig();
     std::mem::swap(&mut r.q.rx, &mut r.q.tx);
     let f = frame(1000, 3);
-    r.rxq.ram.write_slice(&f[..12], GuestAddress(0x10000)).unwrap();
-    r.rxq.ram.write_slice(&f[12..500], GuestAddress(0x20000)).unwrap();
-    r.rxq.ram.write_slice(&f[500..], GuestAddress(0x30000)).unwrap();
     r.rxq
-        .add_chain(&[(0x10000, 12, false), (0x20000, 488, false), (0x30000, 500, false)]);
+        .ram
+        .write_slice(&f[..12], GuestAddress(0x10000))
+        .unwrap();
+    r.rxq
+        .ram
+        .write_slice(&f[12..500], GuestAddress(0x20000))
+        .unwrap();
+    r.rxq
+        .ram
+        .write_slice(&f[500..], GuestAddress(0x30000))
+        .unwrap();
+    r.rxq.add_chain(&[
+        (0x10000, 12, false),
+        (0x20000, 488, false),
+        (0x30000, 500, false),
+    ]);
     assert!(r.q.process_tx());
     assert_eq!(r.q.backend.sent, vec![f]);
     assert_eq!(r.rxq.used(0).1, 0);
@@ -90,7 +102,10 @@ fn receive_fills_a_buffer_and_sets_num_buffers() {
     assert!(r.q.process_rx());
     assert_eq!(r.rxq.used(0), (0, 600));
     let mut got = vec![0u8; 600];
-    r.rxq.ram.read_slice(&mut got, GuestAddress(0x10000)).unwrap();
+    r.rxq
+        .ram
+        .read_slice(&mut got, GuestAddress(0x10000))
+        .unwrap();
     assert_eq!(&got[10..12], &[1, 0], "num_buffers");
     assert_eq!(&got[12..], &f[12..]);
 }

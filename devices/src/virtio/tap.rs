@@ -32,16 +32,9 @@ pub struct Tap {
 }
 
 impl Tap {
-    /// Opens the existing or new tap `name` (at most 15 bytes).
+    /// Opens the existing or new tap `name` (at most 15 bytes). Errors keep
+    /// their OS error code so that the caller can explain the fix.
     pub fn open(name: &str) -> io::Result<Tap> {
-        let fail = |what: &str, e: io::Error| {
-            io::Error::new(
-                e.kind(),
-                format!(
-                    "{name}: {what}: {e} (create it with `ip tuntap add {name} mode tap` and run iovmm as root)"
-                ),
-            )
-        };
         if name.is_empty() || name.len() >= libc::IFNAMSIZ {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -52,8 +45,7 @@ impl Tap {
             .read(true)
             .write(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open("/dev/net/tun")
-            .map_err(|e| fail("cannot open /dev/net/tun", e))?;
+            .open("/dev/net/tun")?;
         let mut req = IfReq {
             name: [0; libc::IFNAMSIZ],
             flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
@@ -64,18 +56,18 @@ impl Tap {
         // matches in layout and size (40 bytes); `req` outlives the call.
         let r = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, &mut req) };
         if r < 0 {
-            return Err(fail("TUNSETIFF", io::Error::last_os_error()));
+            return Err(io::Error::last_os_error());
         }
         let hdr: libc::c_int = VNET_HDR_LEN as libc::c_int;
         // SAFETY: TUNSETVNETHDRSZ reads one int from the pointer, valid here.
         let r = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETVNETHDRSZ as _, &hdr) };
         if r < 0 {
-            return Err(fail("TUNSETVNETHDRSZ", io::Error::last_os_error()));
+            return Err(io::Error::last_os_error());
         }
         // SAFETY: TUNSETOFFLOAD takes its argument by value; no memory access.
         let r = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETOFFLOAD as _, 0 as libc::c_ulong) };
         if r < 0 {
-            return Err(fail("TUNSETOFFLOAD", io::Error::last_os_error()));
+            return Err(io::Error::last_os_error());
         }
         Ok(Tap {
             file,

@@ -1,8 +1,8 @@
 //! A hand-built split virtqueue in guest memory, for device tests (here
 //! and in crates that enable the `test-utils` feature).
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::dma::{untranslated, DmaMemory};
 
@@ -23,8 +23,8 @@ pub struct TestQueue {
 impl TestQueue {
     /// A queue of `size` entries over 1 MiB of fresh RAM.
     pub fn new(size: u16) -> Self {
-        let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)])
-            .expect("test RAM");
+        let ram =
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).expect("test RAM");
         Self::with_ram(ram, size)
     }
 
@@ -79,8 +79,10 @@ impl TestQueue {
         let ram = &self.ram;
         ram.write_obj(addr, base).expect("desc");
         ram.write_obj(len, GuestAddress(base.0 + 8)).expect("desc");
-        ram.write_obj(flags, GuestAddress(base.0 + 12)).expect("desc");
-        ram.write_obj(next, GuestAddress(base.0 + 14)).expect("desc");
+        ram.write_obj(flags, GuestAddress(base.0 + 12))
+            .expect("desc");
+        ram.write_obj(next, GuestAddress(base.0 + 14))
+            .expect("desc");
     }
 
     /// Puts `head` in the available ring.

@@ -6,9 +6,7 @@ use std::os::unix::io::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use event_manager::{
-    EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps,
-};
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -137,6 +135,10 @@ mod tests {
         w.stop();
         evt.write(1).unwrap();
         std::thread::sleep(Duration::from_millis(20));
-        assert_eq!(seen.load(Ordering::SeqCst), 3, "stopped worker ignores events");
+        assert_eq!(
+            seen.load(Ordering::SeqCst),
+            3,
+            "stopped worker ignores events"
+        );
     }
 }

@@ -145,9 +145,6 @@ mod tests {
 
     #[test]
     fn bits() {
-        assert_eq!(
-            [1, 2, 3, 4, 5, 16].map(bits_for),
-            [0, 1, 2, 2, 3, 4]
-        );
+        assert_eq!([1, 2, 3, 4, 5, 16].map(bits_for), [0, 1, 2, 2, 3, 4]);
     }
 }

@@ -158,7 +158,10 @@ impl MsiInterruptGroup for KvmMsiGroup {
     fn trigger(&self, index: usize) -> io::Result<()> {
         match self.vectors.get(index) {
             Some((_, evt)) => evt.write(1),
-            None => Err(io::Error::new(io::ErrorKind::InvalidInput, "no such vector")),
+            None => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no such vector",
+            )),
         }
     }
 

@@ -69,7 +69,7 @@ const GDT: [u64; 5] = [
 
 fn segment(index: usize) -> kvm_segment {
     let e = GDT[index];
-    let base = (((e >> 16) & 0xff_ffff) | (((e >> 56) & 0xff) << 24)) as u64;
+    let base = ((e >> 16) & 0xff_ffff) | (((e >> 56) & 0xff) << 24);
     let limit = ((e & 0xffff) | (((e >> 48) & 0xf) << 16)) as u32;
     let g = ((e >> 55) & 1) as u8;
     kvm_segment {
@@ -113,7 +113,10 @@ impl Vcpu {
     /// Creates vCPU `id` of `count` with filtered CPUID, boot MSRs, FPU and LAPIC LINT setup.
     pub fn new(vm: &Vm, id: u8, count: u8) -> Result<Self, VcpuError> {
         let k = |what, e| VcpuError::Kvm(id, what, e);
-        let fd = vm.fd().create_vcpu(u64::from(id)).map_err(|e| k("CREATE_VCPU", e))?;
+        let fd = vm
+            .fd()
+            .create_vcpu(u64::from(id))
+            .map_err(|e| k("CREATE_VCPU", e))?;
         let mut c = vm
             .kvm()
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -136,14 +139,19 @@ impl Vcpu {
             msr(MSR_SYSCALL_MASK, 0),
             msr(MSR_LSTAR, 0),
             msr(MSR_IA32_TSC, 0),
-            msr(MSR_IA32_MISC_ENABLE, 1), // fast strings
+            msr(MSR_IA32_MISC_ENABLE, 1),          // fast strings
             msr(MSR_MTRR_DEF_TYPE, (1 << 11) | 6), // MTRRs on, default write-back
         ];
         let msrs = Msrs::from_entries(&entries)
             .map_err(|_| k("SET_MSRS", kvm_ioctls::Error::new(libc::EINVAL)))?;
         let n = fd.set_msrs(&msrs).map_err(|e| k("SET_MSRS", e))?;
         if n != entries.len() {
-            tracing::warn!(vcpu = id, set = n, wanted = entries.len(), "KVM accepted only some boot MSRs");
+            tracing::warn!(
+                vcpu = id,
+                set = n,
+                wanted = entries.len(),
+                "KVM accepted only some boot MSRs"
+            );
         }
         let fpu = kvm_fpu {
             fcw: 0x37f,
@@ -258,7 +266,10 @@ impl Vcpu {
                 }
                 Ok(VcpuExit::Hlt) | Ok(VcpuExit::Intr) | Ok(VcpuExit::IrqWindowOpen) => continue,
                 Ok(VcpuExit::Shutdown) => {
-                    tracing::info!(vcpu = id, "guest triple fault / shutdown: treating as reset");
+                    tracing::info!(
+                        vcpu = id,
+                        "guest triple fault / shutdown: treating as reset"
+                    );
                     ExitReason::Reset
                 }
                 Ok(VcpuExit::SystemEvent(ty, _)) => match ty {

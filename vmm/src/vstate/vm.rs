@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, VmFd};
-use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, GuestMemoryMmap};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use devices::pci::root::IoEventRegistry;
@@ -14,13 +14,15 @@ use devices::pci::root::IoEventRegistry;
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
     /// /dev/kvm could not be opened.
-    #[error("cannot open /dev/kvm ({0}): run on a host with KVM (VT-x/SVM enabled, kvm module loaded, access to /dev/kvm), or use the nested lab: lab/run demo")]
-    NoKvm(kvm_ioctls::Error),
+    #[error("{0}")]
+    NoKvm(String),
     /// A KVM ioctl failed.
     #[error("KVM {0} failed: {1}")]
     Kvm(&'static str, kvm_ioctls::Error),
     /// The host KVM lacks a capability iovmm needs.
-    #[error("KVM lacks {0}: iovmm needs a Linux host with the in-kernel irqchip, irqfd and ioeventfd")]
+    #[error(
+        "KVM lacks {0}: iovmm needs a Linux host with the in-kernel irqchip, irqfd and ioeventfd"
+    )]
     MissingCap(&'static str),
 }
 
@@ -36,7 +38,10 @@ const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 impl Vm {
     /// Opens /dev/kvm and creates a VM with an in-kernel IOAPIC/PIC/LAPIC and PIT.
     pub fn new() -> Result<Self, VmError> {
-        let kvm = Kvm::new().map_err(VmError::NoKvm)?;
+        let kvm = Kvm::new().map_err(|e| {
+            let err = io::Error::from_raw_os_error(e.errno());
+            VmError::NoKvm(crate::config::kvm_open_hint(&err).to_string())
+        })?;
         for (cap, name) in [
             (kvm_ioctls::Cap::Irqchip, "KVM_CAP_IRQCHIP"),
             (kvm_ioctls::Cap::Irqfd, "KVM_CAP_IRQFD"),
@@ -78,9 +83,9 @@ impl Vm {
     /// Registers every region of `mem` as a KVM memory slot (slots 0..n).
     pub fn register_memory(&self, mem: &GuestMemoryMmap) -> Result<(), VmError> {
         for (slot, region) in mem.iter().enumerate() {
-            let host = mem
-                .get_host_address(region.start_addr())
-                .map_err(|_| VmError::Kvm("get_host_address", kvm_ioctls::Error::new(libc::EFAULT)))?;
+            let host = mem.get_host_address(region.start_addr()).map_err(|_| {
+                VmError::Kvm("get_host_address", kvm_ioctls::Error::new(libc::EFAULT))
+            })?;
             let r = kvm_userspace_memory_region {
                 slot: slot as u32,
                 flags: 0,

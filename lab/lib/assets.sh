@@ -1,0 +1,94 @@
+# Lab assets: Debian packages, the 6.12 kernel package, the L1 and L2
+# initramfs images. Sourced by lab/run; everything lands in $LAB_CACHE and
+# is rebuilt only when its key (package version + script hash) changes.
+
+log() { echo "lab: $*" >&2; }
+die() { echo "lab: error: $*" >&2; exit 1; }
+
+sudo_if() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else "$@"; fi; }
+
+# Installs missing Debian packages.
+lab_packages() {
+  local need=()
+  for p in qemu-system-x86 busybox-static cpio xz-utils zstd iproute2 gzip coreutils; do
+    dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+  done
+  if [ ${#need[@]} -gt 0 ]; then
+    log "installing ${need[*]}"
+    sudo_if apt-get update -qq >/dev/null || die "apt-get update failed"
+    sudo_if env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null \
+      || die "apt-get install ${need[*]} failed"
+  fi
+}
+
+# Downloads and unpacks linux-image-6.12-amd64 into $LAB_CACHE/kernel-<ver>;
+# sets KVER (package name) and KDIR.
+lab_kernel() {
+  KPKG=$(apt-cache depends linux-image-6.12-amd64 2>/dev/null | awk '/Depends: linux-image-6\.12/{print $2; exit}')
+  if [ -z "$KPKG" ]; then
+    sudo_if apt-get update -qq >/dev/null
+    KPKG=$(apt-cache depends linux-image-6.12-amd64 2>/dev/null | awk '/Depends: linux-image-6\.12/{print $2; exit}')
+  fi
+  [ -n "$KPKG" ] || die "cannot find the linux-image-6.12-amd64 package (is bookworm-security in the apt sources?)"
+  KDIR="$LAB_CACHE/$KPKG"
+  if [ ! -f "$KDIR/.done" ]; then
+    log "downloading $KPKG"
+    rm -rf "$KDIR"; mkdir -p "$KDIR"
+    (cd "$KDIR" && apt-get download -qq "$KPKG" >/dev/null 2>&1) || die "apt-get download $KPKG failed"
+    dpkg -x "$KDIR"/*.deb "$KDIR/root" || die "dpkg -x failed"
+    rm -f "$KDIR"/*.deb
+    touch "$KDIR/.done"
+  fi
+  BZIMAGE=$(echo "$KDIR"/root/boot/vmlinuz-*)
+  [ -f "$BZIMAGE" ] || die "no vmlinuz in $KDIR"
+  # Stable paths used by examples/*.toml.
+  mkdir -p "$LAB_CACHE/kernel"
+  ln -sf "$BZIMAGE" "$LAB_CACHE/kernel/bzImage"
+}
+
+# Copies module $1 (decompressed) into the image root $2.
+lab_module() {
+  local f
+  f=$(find "$KDIR"/root/lib/modules/*/kernel -name "$1.ko.xz" | head -1)
+  [ -n "$f" ] || die "module $1 not found in $KPKG"
+  mkdir -p "$2/lib/modules"
+  xz -dc "$f" > "$2/lib/modules/$1.ko"
+}
+
+# Builds a busybox initramfs from root dir $1 into $2.
+lab_cpio() {
+  mkdir -p "$1/bin" "$1/proc" "$1/sys" "$1/dev" "$1/tmp"
+  cp /bin/busybox "$1/bin/busybox"
+  (cd "$1" && find . | cpio -o -H newc 2>/dev/null | gzip -1 > "$2.tmp") && mv "$2.tmp" "$2"
+}
+
+L1_MODULES="irqbypass kvm ccp kvm-amd netfs 9pnet 9pnet_virtio 9p tun vfio vfio_iommu_type1 vfio-pci-core vfio-pci"
+L2_MODULES="virtio-iommu failover net_failover virtio_net virtio_blk"
+
+# Builds the L1 image (generic) and the L2 image of scenario $1.
+lab_images() {
+  local key l1 l2
+  key=$(cat "$LAB_DIR"/lib/* | sha256sum | cut -c1-12)
+  l1="$LAB_CACHE/l1-$KPKG-$key.cpio.gz"
+  if [ ! -f "$l1" ]; then
+    log "building L1 initramfs"
+    rm -rf "$LAB_CACHE/l1root"; mkdir -p "$LAB_CACHE/l1root"
+    for m in $L1_MODULES; do lab_module "$m" "$LAB_CACHE/l1root"; done
+    cp "$LAB_DIR/lib/l1-init" "$LAB_CACHE/l1root/init"; chmod +x "$LAB_CACHE/l1root/init"
+    lab_cpio "$LAB_CACHE/l1root" "$l1"
+  fi
+  L1_IMAGE=$l1
+  key=$(cat "$LAB_DIR"/lib/* "$LAB_DIR/scenarios/$1"/* | sha256sum | cut -c1-12)
+  l2="$LAB_CACHE/l2-$1-$KPKG-$key.cpio.gz"
+  if [ ! -f "$l2" ]; then
+    log "building L2 initramfs for $1"
+    rm -rf "$LAB_CACHE/l2root"; mkdir -p "$LAB_CACHE/l2root"
+    for m in $L2_MODULES; do lab_module "$m" "$LAB_CACHE/l2root"; done
+    cp "$LAB_DIR/lib/l2-init" "$LAB_CACHE/l2root/init"; chmod +x "$LAB_CACHE/l2root/init"
+    cp "$LAB_DIR/scenarios/$1/l2.sh" "$LAB_CACHE/l2root/scenario.sh"
+    lab_cpio "$LAB_CACHE/l2root" "$l2"
+  fi
+  L2_IMAGE=$l2
+  mkdir -p "$LAB_CACHE/initramfs"
+  ln -sf "$l2" "$LAB_CACHE/initramfs/initramfs.cpio.gz"
+}
