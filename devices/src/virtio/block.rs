@@ -371,13 +371,7 @@ impl VirtioDevice for VirtioBlock {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let c = self.config();
-        data.fill(0);
-        let start = offset as usize;
-        if start < c.len() {
-            let n = data.len().min(c.len() - start);
-            data[..n].copy_from_slice(&c[start..start + n]);
-        }
+        super::read_config_from(&self.config(), offset, data);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}

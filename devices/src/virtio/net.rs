@@ -314,13 +314,7 @@ impl VirtioDevice for VirtioNet {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let c = config_bytes(&self.mac);
-        data.fill(0);
-        let start = offset as usize;
-        if start < c.len() {
-            let n = data.len().min(c.len() - start);
-            data[..n].copy_from_slice(&c[start..start + n]);
-        }
+        super::read_config_from(&config_bytes(&self.mac), offset, data);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
