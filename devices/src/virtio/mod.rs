@@ -98,7 +98,9 @@ pub trait VirtioDevice: Send {
 /// of `data.len()` bytes at `offset` covers; bytes beyond it read as zero.
 pub fn read_config_from(config: &[u8], offset: u64, data: &mut [u8]) {
     data.fill(0);
-    let Ok(start) = usize::try_from(offset) else { return };
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
     if start < config.len() {
         let n = data.len().min(config.len() - start);
         data[..n].copy_from_slice(&config[start..start + n]);
