@@ -46,6 +46,9 @@ struct Inner {
     source: Arc<dyn DmaTranslate>,
     hits: AtomicU64,
     misses: AtomicU64,
+    /// Bumped under the write lock by every invalidation, so that a
+    /// translation fetched before an invalidation is never cached after it.
+    generation: AtomicU64,
 }
 
 /// The per-endpoint IOTLB: a cache of [`DmaTranslate`] results that stays
@@ -68,6 +71,7 @@ impl DmaIotlb {
             source,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
         }))
     }
 
@@ -79,6 +83,7 @@ impl DmaIotlb {
             return;
         }
         let mut tlb = self.0.tlb.write().unwrap_or_else(|e| e.into_inner());
+        self.0.generation.fetch_add(1, Ordering::SeqCst);
         // Iotlb takes usize lengths; split huge ranges.
         let mut start = iova;
         let end = iova + len;
@@ -91,11 +96,9 @@ impl DmaIotlb {
 
     /// Drops every cached translation.
     pub fn invalidate_all(&self) {
-        self.0
-            .tlb
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .invalidate_all();
+        let mut tlb = self.0.tlb.write().unwrap_or_else(|e| e.into_inner());
+        self.0.generation.fetch_add(1, Ordering::SeqCst);
+        tlb.invalidate_all();
     }
 
     /// (hits, misses) of the cache so far.
@@ -115,6 +118,7 @@ impl DmaIotlb {
     fn fill(&self, iova: u64, end: u64, access: Permissions) -> Result<(), IommuError> {
         let mut at = iova;
         while at < end {
+            let generation = self.0.generation.load(Ordering::SeqCst);
             let Some(m) = self.0.source.translate(at, access) else {
                 return Err(cannot_resolve(at, end - at, "no mapping"));
             };
@@ -128,6 +132,10 @@ impl DmaIotlb {
             }
             let len = usize::try_from(m.len).unwrap_or(usize::MAX >> 1);
             let mut tlb = self.0.tlb.write().unwrap_or_else(|e| e.into_inner());
+            if self.0.generation.load(Ordering::SeqCst) != generation {
+                // Invalidated meanwhile: look the address up again.
+                continue;
+            }
             tlb.set_mapping(GuestAddress(m.iova), GuestAddress(m.gpa), len, m.perm)?;
             at = m_end;
         }

@@ -1,6 +1,18 @@
-//! The virtual IOMMU of iovmm.
+//! The virtual IOMMU of iovmm: a virtio-iommu device whose domains and
+//! mappings translate the DMA of emulated devices (through their IOTLB,
+//! [`devices::dma::DmaIotlb`]) and are mirrored into a host IOMMU backend
+//! for devices whose DMA is done by hardware.
 //!
-//! Empty on purpose for now: the virtio-iommu device, the translation
-//! cache, the strict/lazy/passthrough policies and the host IOMMU backend
-//! trait arrive with the virtio-iommu work (see the issue tracker). Nothing
-//! here pretends to work yet.
+//! Reading order for one guest MAP request: [`device`] (request queue →
+//! decoded [`protocol::Request`]) → [`tables::Tables::map`] (spec rules,
+//! domain state) → [`backend::HostIommu::map`] (host mapping).
+
+#![deny(missing_docs)]
+
+pub mod backend;
+pub mod device;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
+pub mod protocol;
+pub mod stats;
+pub mod tables;

@@ -1,0 +1,593 @@
+//! The virtio-iommu device: request queue, event queue, config space, and
+//! the per-endpoint translation handed to emulated devices.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use devices::dma::{DmaMapping, DmaTranslate};
+use devices::virtio::worker::{watch, Worker};
+use devices::virtio::{
+    device_type, features, read_config_from, ActivateContext, ActivateError, GuestMemory,
+    VirtioDevice, VirtioInterrupt,
+};
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, Permissions};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::protocol::{self as p, status, Request};
+use crate::stats::Stats;
+use crate::tables::{FaultReason, Tables};
+
+/// Size of the PROBE property buffer offered in the config space.
+pub const PROBE_SIZE: u32 = 512;
+const QUEUE_SIZE: u16 = 256;
+const REQ_QUEUE: u16 = 0;
+const EVENT_QUEUE: u16 = 1;
+/// Faults kept while the driver has no event buffers.
+const MAX_PENDING_FAULTS: usize = 64;
+/// Bytes of a request read from the device-readable descriptors.
+const MAX_REQUEST: usize = p::HEAD_LEN + p::PROBE_BODY_LEN;
+
+/// A fault waiting to be reported on the event queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Fault {
+    reason: u8,
+    flags: u32,
+    endpoint: u32,
+    address: u64,
+}
+
+/// State shared by the device worker and the endpoints' translations.
+pub struct IommuState {
+    /// Endpoints, domains, mappings.
+    pub tables: RwLock<Tables>,
+    /// Counters.
+    pub stats: Arc<Stats>,
+    faults: Mutex<VecDeque<Fault>>,
+    fault_evt: EventFd,
+}
+
+impl IommuState {
+    /// Shared state over `tables`.
+    pub fn new(tables: Tables) -> std::io::Result<Arc<Self>> {
+        Ok(Arc::new(IommuState {
+            tables: RwLock::new(tables),
+            stats: Arc::new(Stats::default()),
+            faults: Mutex::new(VecDeque::new()),
+            fault_evt: EventFd::new(libc::EFD_NONBLOCK)?,
+        }))
+    }
+
+    fn tables(&self) -> std::sync::RwLockWriteGuard<'_, Tables> {
+        self.tables.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a refused device access and queues its fault event.
+    pub fn report_fault(&self, endpoint: u32, iova: u64, access: Permissions, reason: FaultReason) {
+        self.stats.faults.fetch_add(1, Ordering::Relaxed);
+        let flags = p::FAULT_F_ADDRESS
+            | if access.has_write() {
+                p::FAULT_F_WRITE
+            } else {
+                p::FAULT_F_READ
+            };
+        let reason = match reason {
+            FaultReason::Domain => p::FAULT_R_DOMAIN,
+            FaultReason::Mapping => p::FAULT_R_MAPPING,
+        };
+        let mut q = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() >= MAX_PENDING_FAULTS {
+            self.stats
+                .fault_events_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        q.push_back(Fault {
+            reason,
+            flags,
+            endpoint,
+            address: iova,
+        });
+        drop(q);
+        let _ = self.fault_evt.write(1);
+    }
+
+    /// The translation an emulated device behind endpoint `endpoint` uses.
+    pub fn endpoint(self: &Arc<Self>, endpoint: u32) -> Arc<dyn DmaTranslate> {
+        Arc::new(EndpointTranslation {
+            state: self.clone(),
+            endpoint,
+        })
+    }
+}
+
+/// Resolves IOVAs of one endpoint from the IOMMU's tables.
+struct EndpointTranslation {
+    state: Arc<IommuState>,
+    endpoint: u32,
+}
+
+impl DmaTranslate for EndpointTranslation {
+    fn translate(&self, iova: u64, access: Permissions) -> Option<DmaMapping> {
+        let r = self
+            .state
+            .tables
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .translate(self.endpoint, iova);
+        match r {
+            Ok(m) => Some(m),
+            Err(reason) => {
+                self.state.report_fault(self.endpoint, iova, access, reason);
+                None
+            }
+        }
+    }
+
+    fn permission_fault(&self, iova: u64, access: Permissions) {
+        self.state
+            .report_fault(self.endpoint, iova, access, FaultReason::Mapping);
+    }
+}
+
+/// One descriptor of a request chain.
+#[derive(Clone, Copy)]
+pub(crate) struct Seg {
+    addr: u64,
+    len: u32,
+}
+
+/// Writes `data` at byte `offset` of the writable area `segs`.
+fn write_area<M: Bytes<GuestAddress>>(mem: &M, segs: &[Seg], offset: u64, data: &[u8]) -> bool {
+    let mut skip = offset;
+    let mut done = 0usize;
+    for s in segs {
+        let len = u64::from(s.len);
+        if skip >= len {
+            skip -= len;
+            continue;
+        }
+        let n = ((len - skip) as usize).min(data.len() - done);
+        let Some(at) = s.addr.checked_add(skip) else {
+            return false;
+        };
+        if mem
+            .write_slice(&data[done..done + n], GuestAddress(at))
+            .is_err()
+        {
+            return false;
+        }
+        done += n;
+        skip = 0;
+        if done == data.len() {
+            return true;
+        }
+    }
+    done == data.len()
+}
+
+/// Handles one request chain given as its readable and writable
+/// descriptors. Returns the used length (0 when no status could be
+/// written).
+pub(crate) fn handle_request<M: Bytes<GuestAddress>>(
+    state: &IommuState,
+    mem: &M,
+    readable: &[Seg],
+    writable: &[Seg],
+) -> u32 {
+    let stats = &state.stats;
+    let wlen: u64 = writable.iter().map(|s| u64::from(s.len)).sum();
+    if wlen < p::TAIL_LEN as u64 {
+        stats.malformed.fetch_add(1, Ordering::Relaxed);
+        return 0;
+    }
+    let mut buf = [0u8; MAX_REQUEST];
+    let mut got = 0usize;
+    let mut fault = false;
+    for s in readable {
+        if got == MAX_REQUEST {
+            break;
+        }
+        let n = (s.len as usize).min(MAX_REQUEST - got);
+        if mem
+            .read_slice(&mut buf[got..got + n], GuestAddress(s.addr))
+            .is_err()
+        {
+            fault = true;
+            break;
+        }
+        got += n;
+    }
+    let start = Instant::now();
+    let mut probe_len = 0u64;
+    let (kind, st, bytes) = if fault {
+        stats.malformed.fetch_add(1, Ordering::Relaxed);
+        (None, status::FAULT, 0)
+    } else if got < p::HEAD_LEN {
+        stats.malformed.fetch_add(1, Ordering::Relaxed);
+        (None, status::DEVERR, 0)
+    } else {
+        match (
+            p::body_len(buf[0]),
+            Request::decode(buf[0], &buf[p::HEAD_LEN..got]),
+        ) {
+            (None, _) => {
+                stats.malformed.fetch_add(1, Ordering::Relaxed);
+                (None, status::UNSUPP, 0)
+            }
+            (Some(_), None) => {
+                stats.malformed.fetch_add(1, Ordering::Relaxed);
+                (None, status::DEVERR, 0)
+            }
+            (Some(_), Some(req)) => {
+                let (st, bytes) = execute(state, mem, req, writable, wlen, &mut probe_len);
+                (Some(req.kind()), st, bytes)
+            }
+        }
+    };
+    let tail = [st, 0, 0, 0];
+    if !write_area(mem, writable, wlen - p::TAIL_LEN as u64, &tail) {
+        stats.malformed.fetch_add(1, Ordering::Relaxed);
+        return 0;
+    }
+    if let Some(k) = kind {
+        let mapped = state
+            .tables
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .mapped_bytes();
+        let nanos = start.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
+        stats.record(k, st, bytes, mapped, nanos);
+    }
+    (probe_len + p::TAIL_LEN as u64) as u32
+}
+
+fn execute<M: Bytes<GuestAddress>>(
+    state: &IommuState,
+    mem: &M,
+    req: Request,
+    writable: &[Seg],
+    wlen: u64,
+    probe_len: &mut u64,
+) -> (u8, u64) {
+    let mut t = state.tables();
+    let o = match req {
+        Request::Attach {
+            domain,
+            endpoint,
+            flags,
+        } => t.attach(domain, endpoint, flags),
+        Request::Detach { domain, endpoint } => t.detach(domain, endpoint),
+        Request::Map {
+            domain,
+            virt_start,
+            virt_end,
+            phys_start,
+            flags,
+        } => t.map(domain, virt_start, virt_end, phys_start, flags),
+        Request::Unmap {
+            domain,
+            virt_start,
+            virt_end,
+        } => t.unmap(domain, virt_start, virt_end),
+        Request::Probe { endpoint } => {
+            if !t.has_endpoint(endpoint) {
+                return (status::NOENT, 0);
+            }
+            let size = u64::from(PROBE_SIZE);
+            if wlen < size + p::TAIL_LEN as u64 {
+                return (status::INVAL, 0);
+            }
+            let (lo, hi) = t.limits().msi_window;
+            drop(t);
+            let mut props = vec![0u8; PROBE_SIZE as usize];
+            props[..24].copy_from_slice(&p::encode_resv_mem(p::RESV_MEM_T_MSI, lo, hi));
+            if !write_area(mem, writable, 0, &props) {
+                return (status::FAULT, 0);
+            }
+            *probe_len = size;
+            return (status::OK, 0);
+        }
+    };
+    (o.status, o.bytes)
+}
+
+/// Serves the request and event queues.
+pub(crate) struct IommuWorker {
+    state: Arc<IommuState>,
+    mem: GuestMemory,
+    req: Queue,
+    req_evt: EventFd,
+    event: Option<(Queue, EventFd)>,
+    interrupt: Arc<dyn VirtioInterrupt>,
+    readable: Vec<Seg>,
+    writable: Vec<Seg>,
+}
+
+const EV_REQ: u32 = 0;
+const EV_EVENTQ: u32 = 1;
+const EV_FAULT: u32 = 2;
+
+impl IommuWorker {
+    /// A worker with only a request queue, for tests and fuzzing.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn for_test(
+        state: Arc<IommuState>,
+        mem: GuestMemory,
+        req: Queue,
+        interrupt: Arc<dyn VirtioInterrupt>,
+    ) -> std::io::Result<Self> {
+        Ok(IommuWorker {
+            state,
+            mem,
+            req,
+            req_evt: EventFd::new(libc::EFD_NONBLOCK)?,
+            event: None,
+            interrupt,
+            readable: Vec::new(),
+            writable: Vec::new(),
+        })
+    }
+
+    /// Processes the request queue once (see [`Self::process_requests`]).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn run_requests(&mut self) -> bool {
+        self.process_requests()
+    }
+
+    fn process_requests(&mut self) -> bool {
+        let stats = self.state.stats.clone();
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        let unmaps_before = stats.requests[3].load(Ordering::Relaxed);
+        let mut used = false;
+        loop {
+            if self.req.disable_notification(&self.mem).is_err() {
+                break;
+            }
+            while let Some(chain) = self.req.pop_descriptor_chain(&self.mem) {
+                let head = chain.head_index();
+                self.readable.clear();
+                self.writable.clear();
+                for d in chain {
+                    let seg = Seg {
+                        addr: d.addr().0,
+                        len: d.len(),
+                    };
+                    if d.is_write_only() {
+                        self.writable.push(seg);
+                    } else if self.writable.is_empty() {
+                        self.readable.push(seg);
+                    } else {
+                        // Readable after writable: malformed; ignore it.
+                        stats.malformed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                let len = handle_request(&self.state, &self.mem, &self.readable, &self.writable);
+                if self.req.add_used(&self.mem, head, len).is_err() {
+                    stats.malformed.fetch_add(1, Ordering::Relaxed);
+                    return used;
+                }
+                used = true;
+            }
+            if !matches!(self.req.enable_notification(&self.mem), Ok(true)) {
+                break;
+            }
+        }
+        if stats.requests[3].load(Ordering::Relaxed) != unmaps_before {
+            stats.unmap_batches.fetch_add(1, Ordering::Relaxed);
+        }
+        used && self.req.needs_notification(&self.mem).unwrap_or(true)
+    }
+
+    /// Moves pending faults into event buffers; returns whether to notify.
+    fn deliver_faults(&mut self) -> bool {
+        let Some((q, _)) = self.event.as_mut() else {
+            return false;
+        };
+        let mut used = false;
+        loop {
+            let next = self
+                .state
+                .faults
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .front()
+                .copied();
+            let Some(f) = next else { break };
+            let Some(chain) = q.pop_descriptor_chain(&self.mem) else {
+                break;
+            };
+            let head = chain.head_index();
+            let segs: Vec<Seg> = chain
+                .filter(|d| d.is_write_only())
+                .map(|d| Seg {
+                    addr: d.addr().0,
+                    len: d.len(),
+                })
+                .collect();
+            let ev = p::encode_fault(f.reason, f.flags, f.endpoint, f.address);
+            let ok = write_area(&self.mem, &segs, 0, &ev);
+            self.state
+                .faults
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop_front();
+            let len = if ok {
+                self.state
+                    .stats
+                    .fault_events
+                    .fetch_add(1, Ordering::Relaxed);
+                p::FAULT_LEN as u32
+            } else {
+                self.state
+                    .stats
+                    .fault_events_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+                0
+            };
+            if q.add_used(&self.mem, head, len).is_err() {
+                break;
+            }
+            used = true;
+        }
+        used && q.needs_notification(&self.mem).unwrap_or(true)
+    }
+
+    fn signal(&self, queue: u16) {
+        if let Err(e) = self.interrupt.signal_used_queue(queue) {
+            tracing::warn!("virtio-iommu: interrupt failed: {e}");
+        }
+    }
+}
+
+impl MutEventSubscriber for IommuWorker {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        match events.data() {
+            EV_REQ => {
+                if let Ok(n) = self.req_evt.read() {
+                    self.state
+                        .stats
+                        .notifications
+                        .fetch_add(n, Ordering::Relaxed);
+                }
+                if self.process_requests() {
+                    self.signal(REQ_QUEUE);
+                }
+            }
+            EV_EVENTQ | EV_FAULT => {
+                if events.data() == EV_EVENTQ {
+                    if let Some((_, e)) = &self.event {
+                        let _ = e.read();
+                    }
+                } else {
+                    let _ = self.state.fault_evt.read();
+                }
+                if self.deliver_faults() {
+                    self.signal(EVENT_QUEUE);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        watch(ops, &self.req_evt, EV_REQ, EventSet::IN);
+        if let Some((_, e)) = &self.event {
+            watch(ops, e, EV_EVENTQ, EventSet::IN);
+        }
+        watch(ops, &self.state.fault_evt, EV_FAULT, EventSet::IN);
+    }
+}
+
+/// The virtio-iommu device model.
+pub struct VirtioIommu {
+    state: Arc<IommuState>,
+    worker: Option<Worker>,
+}
+
+impl VirtioIommu {
+    /// A device over `state`.
+    pub fn new(state: Arc<IommuState>) -> Self {
+        VirtioIommu {
+            state,
+            worker: None,
+        }
+    }
+
+    fn config(&self) -> [u8; 40] {
+        let t = self.state.tables.read().unwrap_or_else(|e| e.into_inner());
+        let l = t.limits();
+        let mut c = [0u8; 40];
+        let page_mask: u64 = !(crate::tables::GRANULE - 1);
+        c[0..8].copy_from_slice(&page_mask.to_le_bytes());
+        c[8..16].copy_from_slice(&l.input_start.to_le_bytes());
+        c[16..24].copy_from_slice(&l.input_end.to_le_bytes());
+        c[24..28].copy_from_slice(&l.domain_start.to_le_bytes());
+        c[28..32].copy_from_slice(&l.domain_end.to_le_bytes());
+        c[32..36].copy_from_slice(&PROBE_SIZE.to_le_bytes());
+        c[36] = u8::from(t.bypass);
+        c
+    }
+}
+
+impl VirtioDevice for VirtioIommu {
+    fn device_type(&self) -> u32 {
+        device_type::IOMMU
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE, QUEUE_SIZE]
+    }
+
+    fn avail_features(&self) -> u64 {
+        features::VERSION_1
+            | p::F_INPUT_RANGE
+            | p::F_DOMAIN_RANGE
+            | p::F_MAP_UNMAP
+            | p::F_PROBE
+            | p::F_MMIO
+            | p::F_BYPASS_CONFIG
+    }
+
+    fn set_acked_features(&mut self, f: u64) {
+        let mut t = self.state.tables();
+        t.bypass_config = f & p::F_BYPASS_CONFIG != 0;
+        t.mmio = f & p::F_MMIO != 0;
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_from(&self.config(), offset, data);
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        // Only `bypass` is writable, and only with BYPASS_CONFIG.
+        if offset == 36 && data.len() == 1 {
+            let mut t = self.state.tables();
+            if t.bypass_config {
+                t.bypass = data[0] & 1 != 0;
+            }
+        }
+    }
+
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        let mut req = None;
+        let mut event = None;
+        for ((i, q), e) in ctx.queues.into_iter().zip(ctx.queue_evts) {
+            match i {
+                REQ_QUEUE => req = Some((q, e)),
+                EVENT_QUEUE => event = Some((q, e)),
+                _ => {}
+            }
+        }
+        let Some((req, req_evt)) = req else {
+            return Err(ActivateError::BadConfig("request queue not enabled".into()));
+        };
+        let w = IommuWorker {
+            state: self.state.clone(),
+            mem: ctx.mem,
+            req,
+            req_evt,
+            event,
+            interrupt: ctx.interrupt,
+            readable: Vec::with_capacity(8),
+            writable: Vec::with_capacity(8),
+        };
+        self.worker = Some(Worker::spawn("virtio-iommu", w)?);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        if let Some(mut w) = self.worker.take() {
+            w.stop();
+        }
+        self.state.tables().reset();
+    }
+}
+
+#[cfg(test)]
+#[path = "device_tests.rs"]
+mod tests;

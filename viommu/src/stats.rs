@@ -1,0 +1,163 @@
+//! Counters of one virtual IOMMU, kept in one place and written as JSON.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+
+use crate::protocol::{status, KIND_NAMES};
+use crate::tables::GRANULE;
+
+/// Request counters, mapping sizes, faults and per-type handling time.
+pub struct Stats {
+    /// Requests handled, by type ([`crate::protocol::Request::kind`]).
+    pub requests: [AtomicU64; 5],
+    /// Requests answered with a status other than OK, by type.
+    pub failed: [AtomicU64; 5],
+    /// Chains that could not be decoded (short, unknown type, no room for
+    /// the status).
+    pub malformed: AtomicU64,
+    /// Request-queue notifications received from the driver.
+    pub notifications: AtomicU64,
+    /// Passes over the request queue (one per wake-up).
+    pub batches: AtomicU64,
+    /// Passes that contained at least one UNMAP.
+    pub unmap_batches: AtomicU64,
+    /// 4 KiB pages mapped.
+    pub pages_mapped: AtomicU64,
+    /// 4 KiB pages unmapped (UNMAP, or domains destroyed by DETACH/ATTACH).
+    pub pages_unmapped: AtomicU64,
+    /// Bytes mapped now.
+    pub mapped_bytes: AtomicU64,
+    /// Most bytes ever mapped at once.
+    pub peak_mapped_bytes: AtomicU64,
+    /// Device accesses refused by the IOMMU (unmapped or not permitted).
+    pub faults: AtomicU64,
+    /// Fault events delivered to the driver.
+    pub fault_events: AtomicU64,
+    /// Fault events lost because the driver gave no event buffers.
+    pub fault_events_dropped: AtomicU64,
+    latency: [Mutex<Histogram<u64>>; 5],
+}
+
+fn histogram() -> Mutex<Histogram<u64>> {
+    // 1 ns .. 60 s, 3 significant digits.
+    Mutex::new(Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds"))
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            requests: Default::default(),
+            failed: Default::default(),
+            malformed: AtomicU64::new(0),
+            notifications: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            unmap_batches: AtomicU64::new(0),
+            pages_mapped: AtomicU64::new(0),
+            pages_unmapped: AtomicU64::new(0),
+            mapped_bytes: AtomicU64::new(0),
+            peak_mapped_bytes: AtomicU64::new(0),
+            faults: AtomicU64::new(0),
+            fault_events: AtomicU64::new(0),
+            fault_events_dropped: AtomicU64::new(0),
+            latency: [
+                histogram(),
+                histogram(),
+                histogram(),
+                histogram(),
+                histogram(),
+            ],
+        }
+    }
+}
+
+impl Stats {
+    /// Records one handled request of `kind` with its status, the bytes it
+    /// mapped (MAP) or unmapped (others), the bytes mapped afterwards, and
+    /// its handling time.
+    pub fn record(&self, kind: usize, st: u8, bytes: u64, mapped_now: u64, nanos: u64) {
+        let Some(r) = self.requests.get(kind) else {
+            return;
+        };
+        r.fetch_add(1, Ordering::Relaxed);
+        if st != status::OK {
+            self.failed[kind].fetch_add(1, Ordering::Relaxed);
+        }
+        let pages = bytes / GRANULE;
+        if kind == 2 {
+            self.pages_mapped.fetch_add(pages, Ordering::Relaxed);
+        } else {
+            self.pages_unmapped.fetch_add(pages, Ordering::Relaxed);
+        }
+        self.mapped_bytes.store(mapped_now, Ordering::Relaxed);
+        self.peak_mapped_bytes
+            .fetch_max(mapped_now, Ordering::Relaxed);
+        let mut h = self.latency[kind].lock().unwrap_or_else(|e| e.into_inner());
+        h.saturating_record(nanos.max(1));
+    }
+
+    /// The counters as a JSON object.
+    pub fn to_json(&self) -> Value {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut requests = serde_json::Map::new();
+        let mut failed = serde_json::Map::new();
+        let mut latency = serde_json::Map::new();
+        for (i, name) in KIND_NAMES.iter().enumerate() {
+            requests.insert(name.to_string(), json!(get(&self.requests[i])));
+            failed.insert(name.to_string(), json!(get(&self.failed[i])));
+            let h = self.latency[i].lock().unwrap_or_else(|e| e.into_inner());
+            latency.insert(
+                name.to_string(),
+                json!({
+                    "count": h.len(),
+                    "mean_ns": h.mean().round() as u64,
+                    "p50_ns": h.value_at_quantile(0.5),
+                    "p99_ns": h.value_at_quantile(0.99),
+                    "max_ns": h.max(),
+                }),
+            );
+        }
+        json!({
+            "requests": requests,
+            "failed": failed,
+            "malformed": get(&self.malformed),
+            "notifications": get(&self.notifications),
+            "batches": get(&self.batches),
+            "unmap_batches": get(&self.unmap_batches),
+            "pages_mapped": get(&self.pages_mapped),
+            "pages_unmapped": get(&self.pages_unmapped),
+            "mapped_bytes": get(&self.mapped_bytes),
+            "peak_mapped_bytes": get(&self.peak_mapped_bytes),
+            "faults": get(&self.faults),
+            "fault_events": get(&self.fault_events),
+            "fault_events_dropped": get(&self.fault_events_dropped),
+            "latency": latency,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_and_reports() {
+        let s = Stats::default();
+        s.record(2, status::OK, 0x3000, 0x3000, 500);
+        s.record(3, status::OK, 0x1000, 0x2000, 700);
+        s.record(3, status::RANGE, 0, 0x2000, 900);
+        let j = s.to_json();
+        assert_eq!(j["requests"]["map"], 1);
+        assert_eq!(j["requests"]["unmap"], 2);
+        assert_eq!(j["failed"]["unmap"], 1);
+        assert_eq!(j["pages_mapped"], 3);
+        assert_eq!(j["pages_unmapped"], 1);
+        assert_eq!(j["mapped_bytes"], 0x2000);
+        assert_eq!(j["peak_mapped_bytes"], 0x3000);
+        assert_eq!(j["latency"]["unmap"]["count"], 2);
+        assert!(j["latency"]["map"]["p50_ns"].as_u64().unwrap() >= 499);
+        s.record(9, status::OK, 0, 0, 1);
+    }
+}

@@ -1,0 +1,471 @@
+//! The state of the virtual IOMMU: endpoints, domains and their mappings,
+//! and the request semantics of the virtio-iommu spec applied to them.
+//!
+//! Every guest request ends up in one method here, which returns the
+//! spec's status code. Changes that shrink what an endpoint may reach
+//! (UNMAP, DETACH, re-ATTACH) invalidate the endpoints' IOTLBs and the host
+//! backend before the method returns, so the answer to the guest is only
+//! sent once no device can use the old translation any more.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use devices::dma::{DmaIotlb, DmaMapping};
+use vm_memory::Permissions;
+
+use crate::backend::HostIommu;
+use crate::protocol::{self, status};
+
+/// Granule of mappings (4 KiB).
+pub const GRANULE: u64 = 0x1000;
+/// Size of the identity translation handed out for bypassed endpoints.
+const IDENTITY_CHUNK: u64 = 2 << 20;
+
+/// Fixed properties of the IOMMU (its config space).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// First valid IOVA.
+    pub input_start: u64,
+    /// Last valid IOVA.
+    pub input_end: u64,
+    /// First valid domain ID.
+    pub domain_start: u32,
+    /// Last valid domain ID.
+    pub domain_end: u32,
+    /// Most mappings per domain (beyond: NOMEM).
+    pub max_mappings: usize,
+    /// The MSI doorbell window `[start, end]`, reported by PROBE.
+    pub msi_window: (u64, u64),
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            input_start: 0,
+            input_end: (1 << 48) - 1,
+            domain_start: 0,
+            domain_end: 0xffff,
+            max_mappings: 1 << 20,
+            msi_window: (0xfee0_0000, 0xfeef_ffff),
+        }
+    }
+}
+
+/// One mapping of a domain, keyed by its first IOVA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    /// Last IOVA (inclusive).
+    pub end: u64,
+    /// Guest-physical address of the first IOVA.
+    pub phys: u64,
+    /// `MAP_F_*` flags.
+    pub flags: u32,
+}
+
+#[derive(Default)]
+struct Domain {
+    bypass: bool,
+    mappings: BTreeMap<u64, Mapping>,
+    endpoints: BTreeSet<u32>,
+}
+
+/// An endpoint the IOMMU manages.
+#[derive(Default)]
+struct Endpoint {
+    domain: Option<u32>,
+    iotlb: Option<DmaIotlb>,
+    /// DMA done by hardware through the host backend.
+    hardware: bool,
+}
+
+/// Why a translation failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultReason {
+    /// The endpoint has no domain and bypass is off (or it is unknown).
+    Domain,
+    /// No mapping covers the address.
+    Mapping,
+}
+
+/// What a request changed, for the counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// The status to return.
+    pub status: u8,
+    /// Bytes mapped (MAP) or unmapped (UNMAP, DETACH of the last endpoint).
+    pub bytes: u64,
+}
+
+impl Outcome {
+    fn status(status: u8) -> Self {
+        Outcome { status, bytes: 0 }
+    }
+}
+
+/// Endpoints, domains and mappings.
+pub struct Tables {
+    limits: Limits,
+    domains: BTreeMap<u32, Domain>,
+    endpoints: BTreeMap<u32, Endpoint>,
+    backend: Option<Arc<dyn HostIommu>>,
+    /// The config `bypass` byte: unattached endpoints bypass translation.
+    pub bypass: bool,
+    /// Driver accepted BYPASS_CONFIG (ATTACH may carry the bypass flag).
+    pub bypass_config: bool,
+    /// Driver accepted the MMIO map flag.
+    pub mmio: bool,
+    mapped_bytes: u64,
+}
+
+fn perm(flags: u32) -> Permissions {
+    match (
+        flags & protocol::MAP_F_READ != 0,
+        flags & protocol::MAP_F_WRITE != 0,
+    ) {
+        (true, true) => Permissions::ReadWrite,
+        (true, false) => Permissions::Read,
+        (false, true) => Permissions::Write,
+        (false, false) => Permissions::No,
+    }
+}
+
+impl Tables {
+    /// Empty tables (no endpoints, global bypass on as at reset).
+    pub fn new(limits: Limits, backend: Option<Arc<dyn HostIommu>>) -> Self {
+        Tables {
+            limits,
+            domains: BTreeMap::new(),
+            endpoints: BTreeMap::new(),
+            backend,
+            bypass: true,
+            bypass_config: false,
+            mmio: false,
+            mapped_bytes: 0,
+        }
+    }
+
+    /// The fixed limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Declares endpoint `id` with the IOTLB of its emulated device (if
+    /// any) and whether its DMA is done by hardware through the backend.
+    pub fn add_endpoint(&mut self, id: u32, iotlb: Option<DmaIotlb>, hardware: bool) {
+        self.endpoints.insert(
+            id,
+            Endpoint {
+                domain: None,
+                iotlb,
+                hardware,
+            },
+        );
+    }
+
+    /// Bytes currently mapped over all domains.
+    pub fn mapped_bytes(&self) -> u64 {
+        self.mapped_bytes
+    }
+
+    /// Number of domains.
+    pub fn domain_count(&self) -> usize {
+        self.domains.len()
+    }
+
+    /// The domain `endpoint` is attached to.
+    pub fn domain_of(&self, endpoint: u32) -> Option<u32> {
+        self.endpoints.get(&endpoint)?.domain
+    }
+
+    /// Back to the reset state: every endpoint detached, every domain gone.
+    pub fn reset(&mut self) {
+        let ids: Vec<u32> = self.domains.keys().copied().collect();
+        for d in ids {
+            let eps: Vec<u32> = self.domains[&d].endpoints.iter().copied().collect();
+            for ep in eps {
+                self.remove_from_domain(ep, d);
+            }
+        }
+        self.bypass = true;
+        self.bypass_config = false;
+        self.mmio = false;
+    }
+
+    fn invalidate(&self, endpoint: u32, range: Option<(u64, u64)>) {
+        if let Some(tlb) = self.endpoints.get(&endpoint).and_then(|e| e.iotlb.as_ref()) {
+            match range {
+                Some((start, end)) => tlb.invalidate(start, end - start + 1),
+                None => tlb.invalidate_all(),
+            }
+        }
+    }
+
+    fn domain_has_hardware(&self, d: &Domain) -> bool {
+        d.endpoints
+            .iter()
+            .any(|e| self.endpoints.get(e).is_some_and(|e| e.hardware))
+    }
+
+    /// Detaches `ep` from domain `d`, destroying `d` when it empties.
+    /// Returns the bytes unmapped by destroying it.
+    fn remove_from_domain(&mut self, ep: u32, d: u32) -> u64 {
+        let hw = self.endpoints.get(&ep).is_some_and(|e| e.hardware);
+        if let Some(e) = self.endpoints.get_mut(&ep) {
+            e.domain = None;
+        }
+        self.invalidate(ep, None);
+        let Some(dom) = self.domains.get_mut(&d) else {
+            return 0;
+        };
+        dom.endpoints.remove(&ep);
+        if hw {
+            if let Some(b) = &self.backend {
+                for (&start, m) in &dom.mappings {
+                    if let Err(e) = b.unmap(start, m.end - start + 1) {
+                        tracing::error!("host IOMMU unmap failed on detach: {e}");
+                    }
+                }
+            }
+        }
+        if dom.endpoints.is_empty() {
+            let freed: u64 = dom.mappings.iter().map(|(s, m)| m.end - s + 1).sum();
+            self.domains.remove(&d);
+            self.mapped_bytes -= freed;
+            return freed;
+        }
+        0
+    }
+
+    /// ATTACH.
+    pub fn attach(&mut self, domain: u32, endpoint: u32, flags: u32) -> Outcome {
+        if !self.endpoints.contains_key(&endpoint) {
+            return Outcome::status(status::NOENT);
+        }
+        let bypass = flags & protocol::ATTACH_F_BYPASS != 0;
+        if flags & !protocol::ATTACH_F_BYPASS != 0 || (bypass && !self.bypass_config) {
+            return Outcome::status(status::INVAL);
+        }
+        if domain < self.limits.domain_start || domain > self.limits.domain_end {
+            return Outcome::status(status::RANGE);
+        }
+        if let Some(d) = self.domains.get(&domain) {
+            if d.bypass != bypass {
+                return Outcome::status(status::INVAL);
+            }
+        }
+        let mut freed = 0;
+        match self.endpoints[&endpoint].domain {
+            Some(cur) if cur == domain => return Outcome::status(status::OK),
+            Some(cur) => freed = self.remove_from_domain(endpoint, cur),
+            None => self.invalidate(endpoint, None),
+        }
+        let hw = self.endpoints[&endpoint].hardware;
+        let dom = self.domains.entry(domain).or_insert_with(|| Domain {
+            bypass,
+            ..Default::default()
+        });
+        dom.endpoints.insert(endpoint);
+        if hw {
+            if let Some(b) = &self.backend {
+                for (&start, m) in &dom.mappings {
+                    if let Err(e) = b.map(start, m.phys, m.end - start + 1, perm(m.flags)) {
+                        tracing::error!("host IOMMU map failed on attach: {e}");
+                    }
+                }
+            }
+        }
+        if let Some(e) = self.endpoints.get_mut(&endpoint) {
+            e.domain = Some(domain);
+        }
+        Outcome {
+            status: status::OK,
+            bytes: freed,
+        }
+    }
+
+    /// DETACH.
+    pub fn detach(&mut self, domain: u32, endpoint: u32) -> Outcome {
+        let Some(ep) = self.endpoints.get(&endpoint) else {
+            return Outcome::status(status::NOENT);
+        };
+        if !self.domains.contains_key(&domain) {
+            return Outcome::status(status::NOENT);
+        }
+        if ep.domain != Some(domain) {
+            return Outcome::status(status::INVAL);
+        }
+        let freed = self.remove_from_domain(endpoint, domain);
+        Outcome {
+            status: status::OK,
+            bytes: freed,
+        }
+    }
+
+    /// MAP `[virt_start, virt_end]` to `phys_start`.
+    pub fn map(
+        &mut self,
+        domain: u32,
+        virt_start: u64,
+        virt_end: u64,
+        phys: u64,
+        flags: u32,
+    ) -> Outcome {
+        let known = protocol::MAP_F_READ | protocol::MAP_F_WRITE | protocol::MAP_F_MMIO;
+        if flags & !known != 0 || (flags & protocol::MAP_F_MMIO != 0 && !self.mmio) {
+            return Outcome::status(status::INVAL);
+        }
+        let Some(dom) = self.domains.get(&domain) else {
+            return Outcome::status(status::NOENT);
+        };
+        if dom.bypass || virt_end < virt_start {
+            return Outcome::status(status::INVAL);
+        }
+        if virt_start < self.limits.input_start || virt_end > self.limits.input_end {
+            return Outcome::status(status::RANGE);
+        }
+        // input_end < 2^64 - 1, so this cannot overflow.
+        let len = virt_end - virt_start + 1;
+        let aligned = (virt_start | phys).is_multiple_of(GRANULE) && len.is_multiple_of(GRANULE);
+        if !aligned || phys.checked_add(len - 1).is_none() {
+            return Outcome::status(status::RANGE);
+        }
+        let overlaps = dom
+            .mappings
+            .range(..=virt_end)
+            .next_back()
+            .is_some_and(|(_, m)| m.end >= virt_start);
+        if overlaps {
+            return Outcome::status(status::INVAL);
+        }
+        if dom.mappings.len() >= self.limits.max_mappings {
+            return Outcome::status(status::NOMEM);
+        }
+        if self.domain_has_hardware(dom) {
+            if let Some(b) = &self.backend {
+                if let Err(e) = b.map(virt_start, phys, len, perm(flags)) {
+                    tracing::warn!("host IOMMU map of {virt_start:#x}+{len:#x} failed: {e}");
+                    return Outcome::status(status::IOERR);
+                }
+            }
+        }
+        let Some(dom) = self.domains.get_mut(&domain) else {
+            return Outcome::status(status::NOENT);
+        };
+        dom.mappings.insert(
+            virt_start,
+            Mapping {
+                end: virt_end,
+                phys,
+                flags,
+            },
+        );
+        self.mapped_bytes += len;
+        Outcome {
+            status: status::OK,
+            bytes: len,
+        }
+    }
+
+    /// UNMAP `[virt_start, virt_end]`: removes every mapping inside the
+    /// range; a mapping that would be split makes the request fail with
+    /// RANGE and nothing is removed.
+    pub fn unmap(&mut self, domain: u32, virt_start: u64, virt_end: u64) -> Outcome {
+        let Some(dom) = self.domains.get(&domain) else {
+            return Outcome::status(status::NOENT);
+        };
+        if dom.bypass || virt_end < virt_start {
+            return Outcome::status(status::INVAL);
+        }
+        let mut victims = Vec::new();
+        // A mapping starting before the range may reach into it.
+        if let Some((_, m)) = dom.mappings.range(..virt_start).next_back() {
+            if m.end >= virt_start {
+                return Outcome::status(status::RANGE);
+            }
+        }
+        for (&s, m) in dom.mappings.range(virt_start..=virt_end) {
+            if m.end > virt_end {
+                return Outcome::status(status::RANGE);
+            }
+            victims.push((s, m.end));
+        }
+        let hw = self.domain_has_hardware(dom);
+        let eps: Vec<u32> = dom.endpoints.iter().copied().collect();
+        let mut freed = 0;
+        let mut backend_failed = false;
+        for &(s, e) in &victims {
+            freed += e - s + 1;
+            if hw {
+                if let Some(b) = &self.backend {
+                    if let Err(err) = b.unmap(s, e - s + 1) {
+                        tracing::error!("host IOMMU unmap of {s:#x}..={e:#x} failed: {err}");
+                        backend_failed = true;
+                    }
+                }
+            }
+        }
+        if let Some(dom) = self.domains.get_mut(&domain) {
+            for (s, _) in &victims {
+                dom.mappings.remove(s);
+            }
+        }
+        for ep in eps {
+            for &(s, e) in &victims {
+                self.invalidate(ep, Some((s, e)));
+            }
+        }
+        self.mapped_bytes -= freed;
+        Outcome {
+            status: if backend_failed {
+                status::IOERR
+            } else {
+                status::OK
+            },
+            bytes: freed,
+        }
+    }
+
+    /// True when `endpoint` is managed by this IOMMU (PROBE).
+    pub fn has_endpoint(&self, endpoint: u32) -> bool {
+        self.endpoints.contains_key(&endpoint)
+    }
+
+    /// Translates `iova` for `endpoint`: the mapping (or identity chunk)
+    /// that contains it. Permissions are checked by the caller's IOTLB.
+    pub fn translate(&self, endpoint: u32, iova: u64) -> Result<DmaMapping, FaultReason> {
+        let ep = self.endpoints.get(&endpoint).ok_or(FaultReason::Domain)?;
+        let identity = || {
+            let start = iova & !(IDENTITY_CHUNK - 1);
+            Ok(DmaMapping {
+                iova: start,
+                gpa: start,
+                len: IDENTITY_CHUNK.min(u64::MAX - start),
+                perm: Permissions::ReadWrite,
+            })
+        };
+        let Some(d) = ep.domain else {
+            return if self.bypass {
+                identity()
+            } else {
+                Err(FaultReason::Domain)
+            };
+        };
+        let dom = self.domains.get(&d).ok_or(FaultReason::Domain)?;
+        if dom.bypass {
+            return identity();
+        }
+        match dom.mappings.range(..=iova).next_back() {
+            Some((&s, m)) if iova <= m.end => Ok(DmaMapping {
+                iova: s,
+                gpa: m.phys,
+                len: m.end - s + 1,
+                perm: perm(m.flags),
+            }),
+            _ => Err(FaultReason::Mapping),
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "tables_tests.rs"]
+mod tests;
