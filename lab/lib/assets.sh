@@ -86,6 +86,8 @@ lab_images() {
     for m in $L2_MODULES; do lab_module "$m" "$LAB_CACHE/l2root"; done
     cp "$LAB_DIR/lib/l2-init" "$LAB_CACHE/l2root/init"; chmod +x "$LAB_CACHE/l2root/init"
     cp "$LAB_DIR/scenarios/$1/l2.sh" "$LAB_CACHE/l2root/scenario.sh"
+    mkdir -p "$LAB_CACHE/l2root/lib/lab"
+    cp "$LAB_DIR"/lib/l2-*.sh "$LAB_CACHE/l2root/lib/lab/" 2>/dev/null || true
     lab_cpio "$LAB_CACHE/l2root" "$l2"
   fi
   L2_IMAGE=$l2

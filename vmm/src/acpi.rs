@@ -15,6 +15,7 @@ use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::mcfg::MCFG;
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
+use acpi_tables::viot::{PciDevice as ViotPciDevice, PciRange, VirtIoPciIommu, VIOT};
 use acpi_tables::xsdt::XSDT;
 use acpi_tables::{Aml, AmlSink};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -255,13 +256,40 @@ impl Writer<'_> {
     }
 }
 
+/// The virtual IOMMU as the VIOT describes it: the PCI slot of the
+/// virtio-iommu function and the slots of the endpoints it translates
+/// (all on bus 0, function 0).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ViotInfo {
+    /// Slot of the virtio-iommu device.
+    pub iommu_slot: u8,
+    /// Slots of the endpoints behind it.
+    pub endpoint_slots: Vec<u8>,
+}
+
+fn viot(info: &ViotInfo) -> VIOT {
+    let mut v = VIOT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    let handle = v.add_virtio_pci_iommu(VirtIoPciIommu::new(ViotPciDevice::new(
+        0,
+        0,
+        info.iommu_slot & 0x1f,
+        0,
+    )));
+    for &slot in &info.endpoint_slots {
+        let dev = || ViotPciDevice::new(0, 0, slot & 0x1f, 0);
+        v.add_pci_range(PciRange::new(dev(), dev(), &handle));
+    }
+    v
+}
+
 /// Writes the ACPI tables for a VM with `vcpus` vCPUs and the given memory
 /// layout into guest memory at [`layout::ACPI_START`] and returns the
-/// address of the RSDP.
+/// address of the RSDP. With `iommu`, a VIOT describes the virtual IOMMU.
 pub fn create_acpi_tables(
     mem: &GuestMemoryMmap<()>,
     vcpus: u8,
     layout: &MemoryLayout,
+    iommu: Option<&ViotInfo>,
 ) -> Result<GuestAddress, AcpiError> {
     if vcpus == 0 || vcpus == u8::MAX {
         return Err(AcpiError::Vcpus(vcpus));
@@ -286,6 +314,10 @@ pub fn create_acpi_tables(
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     for addr in [fadt_addr, madt_addr, mcfg_addr] {
         xsdt.add_entry(addr);
+    }
+    if let Some(info) = iommu {
+        let viot_addr = w.place("VIOT", &bytes_of(&viot(info)))?;
+        xsdt.add_entry(viot_addr);
     }
     let xsdt_addr = w.place("XSDT", &bytes_of(&xsdt))?;
     w.write("RSDP", rsdp_addr, &bytes_of(&Rsdp::new(OEM_ID, xsdt_addr)))?;
@@ -352,7 +384,7 @@ mod tests {
     fn build(vcpus: u8, mem_size: u64) -> Tables {
         let m = mem();
         let l = MemoryLayout::new(mem_size);
-        let rsdp_addr = create_acpi_tables(&m, vcpus, &l).unwrap();
+        let rsdp_addr = create_acpi_tables(&m, vcpus, &l, None).unwrap();
         assert_eq!(rsdp_addr.0, layout::ACPI_START);
         let rsdp = read(&m, rsdp_addr.0, 36);
         let xsdt = table(&m, u64_at(&rsdp, 24), b"XSDT");
@@ -375,6 +407,49 @@ mod tests {
             dsdt,
             dsdt_addr,
         }
+    }
+
+    #[test]
+    fn viot_lists_the_iommu_and_its_endpoints() {
+        let m = mem();
+        let l = MemoryLayout::new(512 << 20);
+        let info = ViotInfo {
+            iommu_slot: 1,
+            endpoint_slots: vec![2, 3],
+        };
+        let rsdp = read(
+            &m,
+            create_acpi_tables(&m, 2, &l, Some(&info)).unwrap().0,
+            36,
+        );
+        let xsdt = table(&m, u64_at(&rsdp, 24), b"XSDT");
+        assert_eq!(xsdt.len(), 36 + 4 * 8);
+        let v = table(&m, u64_at(&xsdt, 36 + 3 * 8), b"VIOT");
+        assert_eq!(u16_at(&v, 36), 3, "node count: iommu + 2 ranges");
+        let first = u16_at(&v, 38) as usize;
+        // Walk the nodes: type, length; PCI ranges name BDF slot << 3.
+        let mut off = first;
+        let mut kinds = Vec::new();
+        let mut bdfs = Vec::new();
+        for _ in 0..3 {
+            let ty = v[off];
+            let len = u16_at(&v, off + 2) as usize;
+            if ty == 1 {
+                bdfs.push((
+                    u32_at(&v, off + 4),
+                    u16_at(&v, off + 12),
+                    u16_at(&v, off + 14),
+                ));
+            }
+            if ty == 3 {
+                assert_eq!(u16_at(&v, off + 6), 1 << 3, "virtio-iommu at 00:01.0");
+            }
+            kinds.push(ty);
+            off += len;
+        }
+        kinds.sort();
+        assert_eq!(kinds, vec![1, 1, 3]);
+        assert_eq!(bdfs, vec![(16, 16, 16), (24, 24, 24)]);
     }
 
     #[test]
@@ -518,7 +593,7 @@ mod tests {
     fn tables_fit_and_do_not_overlap() {
         let m = mem();
         let l = MemoryLayout::new(1 << 30);
-        create_acpi_tables(&m, 16, &l).unwrap();
+        create_acpi_tables(&m, 16, &l, None).unwrap();
         let t = build(16, 1 << 30);
         let mut spans = vec![(layout::ACPI_START, 36u64)];
         for (i, _) in t.xsdt[36..].chunks(8).enumerate() {
@@ -540,12 +615,12 @@ mod tests {
         let m = mem();
         let l = MemoryLayout::new(512 << 20);
         assert!(matches!(
-            create_acpi_tables(&m, 0, &l),
+            create_acpi_tables(&m, 0, &l, None),
             Err(AcpiError::Vcpus(0))
         ));
         // Guest memory that does not cover the ACPI area.
         let small = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
-        let e = create_acpi_tables(&small, 1, &l).unwrap_err();
+        let e = create_acpi_tables(&small, 1, &l, None).unwrap_err();
         assert!(matches!(e, AcpiError::Memory { .. }), "{e}");
     }
 

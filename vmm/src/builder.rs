@@ -9,6 +9,7 @@ use crate::config::VmConfig;
 use crate::device_manager::{DeviceError, DeviceManager};
 use crate::layout::MemoryLayout;
 use crate::memory::{self, MemoryError};
+use crate::stats::StatsWriter;
 use crate::vstate::interrupts::GsiRouter;
 use crate::vstate::vcpu::{Vcpu, VcpuError};
 use crate::vstate::vm::{Vm, VmError};
@@ -57,6 +58,7 @@ impl BuildError {
 pub struct RunningVm {
     exit: Arc<ExitSignal>,
     devices: DeviceManager,
+    stats: Option<Arc<StatsWriter>>,
     // Guest RAM must outlive the vCPUs: KVM's memory slots point into it.
     _mem: vm_memory::GuestMemoryMmap,
     _vm: Vm,
@@ -71,6 +73,11 @@ impl RunningVm {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .flush();
+        if let Some(w) = &self.stats {
+            if let Err(e) = w.write() {
+                tracing::warn!("cannot write stats: {e}");
+            }
+        }
         r
     }
 }
@@ -84,14 +91,25 @@ pub fn build_and_start(cfg: &VmConfig) -> Result<RunningVm, BuildError> {
     let exit = Arc::new(ExitSignal::new()?);
     let router = GsiRouter::new(vm.fd().clone())?;
     let devices = DeviceManager::new(&vm, cfg, &mem, &layout, &router, &exit)?;
-    let rsdp = crate::acpi::create_acpi_tables(&mem, cfg.vcpus, &layout)
+    let stats = cfg.stats_file.as_ref().map(|p| {
+        Arc::new(StatsWriter::new(
+            p.clone(),
+            cfg.iommu_mode,
+            devices.viommu.clone(),
+        ))
+    });
+    if let Some(w) = &stats {
+        crate::stats::spawn_sigusr1_writer(w.clone())?;
+    }
+    let rsdp = crate::acpi::create_acpi_tables(&mem, cfg.vcpus, &layout, devices.viot.as_ref())
         .map_err(|e| BuildError::Acpi(e.to_string()))?;
+    let cmdline = crate::config::iommu::cmdline_with_mode(&cfg.cmdline, cfg.iommu_mode);
     let kernel = boot::load_kernel(
         &mem,
         &layout,
         &cfg.kernel,
         cfg.initramfs.as_deref(),
-        &cfg.cmdline,
+        &cmdline,
         rsdp,
     )?;
     let mut vcpus = Vec::with_capacity(usize::from(cfg.vcpus));
@@ -117,6 +135,7 @@ pub fn build_and_start(cfg: &VmConfig) -> Result<RunningVm, BuildError> {
     Ok(RunningVm {
         exit,
         devices,
+        stats,
         _mem: mem,
         _vm: vm,
     })

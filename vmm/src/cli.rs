@@ -14,8 +14,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{
-    self, parse_mac, parse_size, ConfigError, ConfigLayer, DiskSpec, MemoryBacking, NetSpec,
-    SerialOutput, VmConfig,
+    self, parse_mac, parse_size, ConfigError, ConfigLayer, DiskSpec, IommuMode, MemoryBacking,
+    NetSpec, SerialOutput, VmConfig,
 };
 
 /// Exit status for bad usage or configuration.
@@ -38,6 +38,11 @@ errors; relative paths are relative to the file's directory):
   [serial]
   output = \"stdout\"             # stdout | off | a file path (appended)
   stdin = false                 # feed stdin to the guest (stdout only)
+  [iommu]
+  mode = \"strict\"               # off | passthrough | strict | lazy; default
+                                # strict if a device has iommu = true, else off
+  [stats]
+  file = \"stats.json\"           # counters as JSON at exit and on SIGUSR1
   [[disk]]                      # one section per virtio-blk disk
   path = \"disk.img\"             # raw image (must exist)
   readonly = false
@@ -124,6 +129,17 @@ pub struct RunArgs {
     /// on|off (default off). Replaces the file's [[net]] list.
     #[arg(long, value_name = "tap=NAME[,mac=MAC][,iommu=on|off]")]
     pub net: Vec<String>,
+    /// IOMMU policy: off (no virtual IOMMU), passthrough (identity domains),
+    /// strict (unmap + invalidate after every DMA) or lazy (batched
+    /// invalidation). Adds the matching guest kernel parameter unless the
+    /// command line already sets iommu.strict= or iommu.passthrough=
+    /// [file: iommu.mode; default: strict if a device has iommu=on, else off].
+    #[arg(long, value_name = "off|passthrough|strict|lazy")]
+    pub iommu_mode: Option<String>,
+    /// Write the VMM's counters (JSON) to this file at exit and on SIGUSR1
+    /// [file: stats.file; default: none].
+    #[arg(long, value_name = "PATH")]
+    pub stats_file: Option<PathBuf>,
     /// Log filter for the VMM's own messages on stderr: error, warn, info,
     /// debug, trace, or a tracing filter such as vmm=debug.
     #[arg(long, value_name = "LEVEL", default_value = "warn")]
@@ -332,6 +348,13 @@ fn cli_layer(args: &RunArgs) -> Result<ConfigLayer, ConfigError> {
                     .collect::<Result<_, _>>()?,
             )
         },
+        iommu_mode: args
+            .iommu_mode
+            .as_deref()
+            .map(IommuMode::parse)
+            .transpose()
+            .map_err(flag("--iommu-mode"))?,
+        stats_file: nonempty("--stats-file", &args.stats_file)?,
     })
 }
 

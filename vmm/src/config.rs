@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 use crate::layout;
 
 pub mod file;
+pub mod iommu;
+
+pub use iommu::IommuMode;
 
 /// Most vCPUs a VM may have.
 pub const MAX_VCPUS: u8 = 16;
@@ -202,6 +205,11 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// virtio-net devices, in PCI order.
     pub nets: Vec<NetConfig>,
+    /// IOMMU policy. The default is `strict` when a device has
+    /// `iommu = true`, `off` otherwise.
+    pub iommu_mode: IommuMode,
+    /// Where the VMM's counters are written (JSON) at exit and on SIGUSR1.
+    pub stats_file: Option<PathBuf>,
 }
 
 /// A disk as written by the user, before defaults are applied.
@@ -278,6 +286,10 @@ pub struct ConfigLayer {
     pub disks: Option<Vec<DiskSpec>>,
     /// Network devices; a layer that sets them replaces the whole list.
     pub nets: Option<Vec<NetSpec>>,
+    /// IOMMU policy.
+    pub iommu_mode: Option<IommuMode>,
+    /// Stats output file.
+    pub stats_file: Option<PathBuf>,
 }
 
 /// Joins a relative `p` to `base` (the config file's directory).
@@ -308,6 +320,8 @@ impl ConfigLayer {
             serial_stdin,
             disks: top.disks.or(self.disks),
             nets: top.nets.or(self.nets),
+            iommu_mode: top.iommu_mode.or(self.iommu_mode),
+            stats_file: top.stats_file.or(self.stats_file),
         }
     }
 
@@ -344,6 +358,12 @@ impl ConfigLayer {
                 "remove some [[disk]]/[[net]] entries",
             ));
         }
+        let any_iommu = disks.iter().any(|d| d.iommu) || nets.iter().any(|n| n.iommu);
+        let iommu_mode = self.iommu_mode.unwrap_or(if any_iommu {
+            IommuMode::Strict
+        } else {
+            IommuMode::Off
+        });
         Ok(VmConfig {
             vcpus,
             memory,
@@ -354,6 +374,8 @@ impl ConfigLayer {
             serial,
             disks,
             nets,
+            iommu_mode,
+            stats_file: self.stats_file,
         })
     }
 }

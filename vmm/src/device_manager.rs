@@ -9,6 +9,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use devices::bus::Bus;
+use devices::dma::{self, DmaIotlb};
 use devices::legacy::{AcpiPm, ExitSignal, SerialDevice, I8042};
 use devices::pci::allocator::AddressAllocator;
 use devices::pci::root::{PciConfigIo, PciConfigMmio, PciRoot};
@@ -16,6 +17,11 @@ use devices::virtio::block::VirtioBlock;
 use devices::virtio::net::VirtioNet;
 use devices::virtio::pci_transport::VirtioPciDevice;
 use devices::virtio::VirtioDevice;
+use viommu::device::{IommuState, VirtioIommu};
+use viommu::tables::{Limits, Tables};
+
+use crate::acpi::ViotInfo;
+use crate::config::IommuMode;
 
 use crate::config::{SerialConfig, VmConfig};
 use crate::layout::{self, MemoryLayout};
@@ -70,6 +76,10 @@ pub struct DeviceManager {
     pub serial: Arc<Mutex<SerialDevice>>,
     /// The PCI root bus.
     pub pci: Arc<Mutex<PciRoot>>,
+    /// The virtual IOMMU, unless the mode is `off`.
+    pub viommu: Option<Arc<IommuState>>,
+    /// What the VIOT must describe, with the virtual IOMMU.
+    pub viot: Option<ViotInfo>,
 }
 
 impl DeviceManager {
@@ -142,41 +152,87 @@ impl DeviceManager {
         .map_err(wiring)?;
 
         let mut mmio64 = AddressAllocator::new(layout.mmio64.start, layout.mmio64.len);
-        let mut add_virtio = |dev: Box<dyn VirtioDevice>| -> Result<(), DeviceError> {
-            let vectors = dev.queue_max_sizes().len() + 1;
-            let msi = Arc::new(router.new_msi_group(vectors).map_err(wiring)?);
-            let bar_size = VirtioPciDevice::BAR_SIZE;
-            let bar = mmio64
-                .allocate(bar_size, bar_size)
-                .ok_or_else(|| wiring("64-bit PCI window exhausted"))?;
-            let dma = devices::dma::untranslated(mem.clone());
-            let pdev = VirtioPciDevice::new(dev, dma, msi, bar).map_err(wiring)?;
-            pci.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .add_device(Arc::new(Mutex::new(pdev)))
-                .map_err(wiring)?;
-            Ok(())
+        let viommu = match cfg.iommu_mode {
+            IommuMode::Off => None,
+            _ => {
+                let limits = Limits {
+                    msi_window: (layout::APIC_START, layout::APIC_START + 0xf_ffff),
+                    ..Limits::default()
+                };
+                Some(IommuState::new(Tables::new(limits, None)).map_err(wiring)?)
+            }
         };
+        // Returns the slot and whether the device sits behind the viommu.
+        let mut add_virtio =
+            |dev: Box<dyn VirtioDevice>, iommu: bool| -> Result<(u8, bool), DeviceError> {
+                let vectors = dev.queue_max_sizes().len() + 1;
+                let msi = Arc::new(router.new_msi_group(vectors).map_err(wiring)?);
+                let bar_size = VirtioPciDevice::BAR_SIZE;
+                let bar = mmio64
+                    .allocate(bar_size, bar_size)
+                    .ok_or_else(|| wiring("64-bit PCI window exhausted"))?;
+                let mut root = pci.lock().unwrap_or_else(|e| e.into_inner());
+                let slot = root.next_slot().ok_or_else(|| wiring("no free PCI slot"))?;
+                let translated = match (&viommu, iommu) {
+                    (Some(state), true) => {
+                        // Endpoint ID = bus 0 BDF of the device.
+                        let endpoint = u32::from(slot) << 3;
+                        let tlb = DmaIotlb::new(state.endpoint(endpoint));
+                        state
+                            .tables
+                            .write()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .add_endpoint(endpoint, Some(tlb.clone()), false);
+                        Some(tlb)
+                    }
+                    _ => None,
+                };
+                let pdev = match &translated {
+                    Some(tlb) => VirtioPciDevice::new(dev, tlb.memory(mem.clone(), true), msi, bar)
+                        .map_err(wiring)?
+                        .with_access_platform(),
+                    None => VirtioPciDevice::new(dev, dma::untranslated(mem.clone()), msi, bar)
+                        .map_err(wiring)?,
+                };
+                root.add_device(Arc::new(Mutex::new(pdev)))
+                    .map_err(wiring)?;
+                Ok((slot, translated.is_some()))
+            };
+        let mut iommu_slot = None;
+        let mut endpoint_slots = Vec::new();
+        if let Some(state) = &viommu {
+            iommu_slot = Some(add_virtio(Box::new(VirtioIommu::new(state.clone())), false)?.0);
+        }
         for d in &cfg.disks {
             let blk =
                 VirtioBlock::new(&d.path, d.readonly, &d.id).map_err(|e| DeviceError::Disk {
                     id: d.id.clone(),
                     err: e.to_string(),
                 })?;
-            add_virtio(Box::new(blk))?;
+            if let (slot, true) = add_virtio(Box::new(blk), d.iommu)? {
+                endpoint_slots.push(slot);
+            }
         }
         for n in &cfg.nets {
             let net = VirtioNet::with_tap(&n.tap, n.mac).map_err(|e| DeviceError::Net {
                 tap: n.tap.clone(),
                 err: crate::config::tap_open_hint(&n.tap, &e).to_string(),
             })?;
-            add_virtio(Box::new(net))?;
+            if let (slot, true) = add_virtio(Box::new(net), n.iommu)? {
+                endpoint_slots.push(slot);
+            }
         }
+        let viot = iommu_slot.map(|iommu_slot| ViotInfo {
+            iommu_slot,
+            endpoint_slots,
+        });
         Ok(DeviceManager {
             pio,
             mmio,
             serial,
             pci,
+            viommu,
+            viot,
         })
     }
 }

@@ -13,4 +13,5 @@ pub mod config;
 pub mod device_manager;
 pub mod layout;
 pub mod memory;
+pub mod stats;
 pub mod vstate;

@@ -35,6 +35,11 @@ fn main() {
     let Command::Run { config, log_level } =
         cli::parse_and_build(std::env::args_os()).unwrap_or_else(|e| e.exit());
     init_logging(&log_level);
+    // Only the stats thread takes SIGUSR1; every thread started from here
+    // on inherits the blocked mask.
+    if config.stats_file.is_some() {
+        vmm::stats::block_sigusr1();
+    }
     let vm = match builder::build_and_start(&config) {
         Ok(vm) => vm,
         Err(e) => {

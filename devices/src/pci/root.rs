@@ -109,6 +109,11 @@ impl PciRoot {
         }
     }
 
+    /// The slot [`PciRoot::add_device`] will use next.
+    pub fn next_slot(&self) -> Option<u8> {
+        self.slots.iter().position(Option::is_none).map(|s| s as u8)
+    }
+
     /// Puts `dev` in the first free slot, maps its BARs and registers its
     /// ioeventfds. Returns the slot (device number).
     pub fn add_device(&mut self, dev: SharedPciDevice) -> Result<u8, PciRootError> {

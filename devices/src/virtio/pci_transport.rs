@@ -135,6 +135,7 @@ pub struct VirtioPciDevice {
     status: u8,
     config_generation: u8,
     activated: bool,
+    access_platform: bool,
 }
 
 impl VirtioPciDevice {
@@ -225,7 +226,25 @@ impl VirtioPciDevice {
             status: 0,
             config_generation: 0,
             activated: false,
+            access_platform: false,
         })
+    }
+
+    /// Puts the device behind the IOMMU that `mem` translates through: the
+    /// device offers VIRTIO_F_ACCESS_PLATFORM and, when the driver accepts
+    /// it, every ring and buffer address is an IOVA.
+    pub fn with_access_platform(mut self) -> Self {
+        self.access_platform = true;
+        self
+    }
+
+    fn offered_features(&self) -> u64 {
+        let ap = if self.access_platform {
+            features::ACCESS_PLATFORM
+        } else {
+            0
+        };
+        self.device.avail_features() | ap
     }
 
     /// The device status byte as the driver last saw it.
@@ -262,11 +281,12 @@ impl VirtioPciDevice {
         }
         let mut val = val;
         if val & status::FEATURES_OK != 0 && self.status & status::FEATURES_OK == 0 {
-            let offered = self.device.avail_features();
+            let offered = self.offered_features();
             let ok = self.driver_features & !offered == 0
                 && self.driver_features & features::VERSION_1 != 0;
             if ok {
-                self.device.set_acked_features(self.driver_features);
+                let own = self.device.avail_features();
+                self.device.set_acked_features(self.driver_features & own);
             } else {
                 val &= !status::FEATURES_OK;
             }
@@ -311,8 +331,12 @@ impl VirtioPciDevice {
             config_vector: self.config_vector.clone(),
             queue_vectors: self.queue_vectors.clone(),
         });
+        let mut mem = self.mem.clone();
+        mem.set_iommu_enabled(
+            self.access_platform && self.driver_features & features::ACCESS_PLATFORM != 0,
+        );
         let ctx = ActivateContext {
-            mem: self.mem.clone(),
+            mem,
             interrupt,
             queues,
             queue_evts: evts,
@@ -345,8 +369,8 @@ impl VirtioPciDevice {
         let v: u64 = match (offset, data.len()) {
             (0x00, 4) => u64::from(self.device_feature_select),
             (0x04, 4) => match self.device_feature_select {
-                0 => self.device.avail_features() & 0xffff_ffff,
-                1 => self.device.avail_features() >> 32,
+                0 => self.offered_features() & 0xffff_ffff,
+                1 => self.offered_features() >> 32,
                 _ => 0,
             },
             (0x08, 4) => u64::from(self.driver_feature_select),

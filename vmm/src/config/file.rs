@@ -32,8 +32,8 @@ use std::path::{Path, PathBuf};
 use toml::{Table, Value};
 
 use super::{
-    parse_mac, parse_size, resolve, ConfigError, ConfigLayer, DiskSpec, MemoryBacking, NetSpec,
-    SerialOutput,
+    parse_mac, parse_size, resolve, ConfigError, ConfigLayer, DiskSpec, IommuMode, MemoryBacking,
+    NetSpec, SerialOutput,
 };
 
 const MACHINE_KEYS: &[&str] = &["vcpus", "memory", "memory_backing"];
@@ -41,6 +41,8 @@ const KERNEL_KEYS: &[&str] = &["path", "initramfs", "cmdline"];
 const SERIAL_KEYS: &[&str] = &["output", "stdin"];
 const DISK_KEYS: &[&str] = &["path", "readonly", "id", "iommu"];
 const NET_KEYS: &[&str] = &["tap", "mac", "iommu"];
+const IOMMU_KEYS: &[&str] = &["mode"];
+const STATS_KEYS: &[&str] = &["file"];
 
 /// Reads and parses the configuration file at `path`.
 pub fn load(path: &Path) -> Result<ConfigLayer, ConfigError> {
@@ -124,10 +126,22 @@ fn parse_table(table: &Table, base: &Path) -> Result<ConfigLayer, ConfigError> {
                 }
                 layer.nets = Some(nets);
             }
+            "iommu" => {
+                let s = Section::new("[iommu]", value, IOMMU_KEYS)?;
+                layer.iommu_mode = s
+                    .string("mode", "\"strict\"")?
+                    .map(IommuMode::parse)
+                    .transpose()
+                    .map_err(|e| s.wrap("mode", e))?;
+            }
+            "stats" => {
+                let s = Section::new("[stats]", value, STATS_KEYS)?;
+                layer.stats_file = s.path("file", base)?;
+            }
             other => {
                 return Err(ConfigError::new(
                     format!("unknown section `{other}`"),
-                    "valid sections are [machine], [kernel], [serial], [[disk]], [[net]]",
+                    "valid sections are [machine], [kernel], [serial], [iommu], [stats], [[disk]], [[net]]",
                 ))
             }
         }

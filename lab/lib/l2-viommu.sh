@@ -1,0 +1,34 @@
+# Shared L2 part of the viommu-<mode> scenarios.
+MODE=$(arg mode); MIB=$(arg mib)
+load virtio-iommu
+sleep 1
+ls /sys/bus/virtio/drivers/virtio_iommu/ 2>/dev/null | grep -q virtio; check viommu-bound $((! $?)) "virtio_iommu"
+load failover net_failover virtio_net virtio_blk
+sleep 1
+case "$MODE" in strict) WANT=DMA;; lazy) WANT=DMA-FQ;; passthrough) WANT=identity;; esac
+TYPES=""
+for dev in /sys/bus/pci/devices/*; do
+  drv=$(basename "$(readlink "$dev/driver" 2>/dev/null)" 2>/dev/null)
+  [ "$drv" = virtio-pci ] || continue
+  [ -e "$dev/iommu_group" ] || continue
+  TYPES="$TYPES $(basename "$dev"):$(cat "$dev/iommu_group/type")"
+done
+echo "LAB-L2 iommu groups:$TYPES"
+N=$(echo "$TYPES" | tr ' ' '\n' | grep -c ":$WANT\$")
+[ "$N" -ge 2 ]; check group-type $((! $?)) "want $WANT:$TYPES"
+SHA=$(head -c $((MIB << 20)) /dev/vda | sha256sum | cut -c1-64)
+[ "$SHA" = "$(arg disk_sha)" ]; check blk-read $((! $?)) "$MIB MiB"
+IF=$(ls /sys/class/net | grep -v '^lo$' | head -1)
+ip link set lo up; ip link set "$IF" up; ip addr add 10.99.0.2/24 dev "$IF"
+ping -c 2 -W 3 10.99.0.1 >/dev/null; check net-ping $((! $?)) "$IF"
+T0=$(cut -d' ' -f1 /proc/uptime)
+timeout 300 nc 10.99.0.1 5001 > /tmp/in.bin
+T1=$(cut -d' ' -f1 /proc/uptime)
+SHA=$(sha256sum /tmp/in.bin | cut -c1-64)
+[ "$SHA" = "$(arg tx_sha)" ]; check net-l1-to-l2 $((! $?)) "bytes=$(wc -c < /tmp/in.bin) in $(echo "$T1 $T0" | awk '{print $1-$2}')s"
+dd if=/tmp/in.bin of=/dev/vda bs=1M seek=20 conv=fsync 2>/dev/null
+rm -f /tmp/in.bin
+head -c $((MIB << 20)) /dev/vda > /tmp/out.bin
+timeout 300 nc 10.99.0.1 5002 -e cat /tmp/out.bin
+i=0
+until [ "$(timeout 5 nc 10.99.0.1 5003 2>/dev/null)" = received ] || [ $i -ge 60 ]; do i=$((i + 1)); sleep 1; done
