@@ -96,6 +96,7 @@ pub fn build_and_start(cfg: &VmConfig) -> Result<RunningVm, BuildError> {
             p.clone(),
             cfg.iommu_mode,
             devices.viommu.clone(),
+            devices.device_stats.clone(),
         ))
     });
     if let Some(w) = &stats {

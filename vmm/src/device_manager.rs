@@ -80,6 +80,41 @@ pub struct DeviceManager {
     pub viommu: Option<Arc<IommuState>>,
     /// What the VIOT must describe, with the virtual IOMMU.
     pub viot: Option<ViotInfo>,
+    /// Counters of the virtio devices, by name (vda…, net0…).
+    pub device_stats: Vec<(String, DeviceStats)>,
+}
+
+/// Counters of one virtio device.
+#[derive(Clone)]
+pub enum DeviceStats {
+    /// A disk.
+    Block(Arc<devices::virtio::block::BlockStats>),
+    /// A NIC.
+    Net(Arc<devices::virtio::net::NetStats>),
+}
+
+impl DeviceStats {
+    /// The counters as JSON.
+    pub fn to_json(&self) -> serde_json::Value {
+        use std::sync::atomic::Ordering::Relaxed;
+        match self {
+            DeviceStats::Block(s) => serde_json::json!({
+                "requests": s.requests.load(Relaxed),
+                "read_bytes": s.read_bytes.load(Relaxed),
+                "write_bytes": s.write_bytes.load(Relaxed),
+                "errors": s.errors.load(Relaxed),
+                "malformed": s.malformed.load(Relaxed),
+            }),
+            DeviceStats::Net(s) => serde_json::json!({
+                "rx_packets": s.rx_packets.load(Relaxed),
+                "rx_bytes": s.rx_bytes.load(Relaxed),
+                "tx_packets": s.tx_packets.load(Relaxed),
+                "tx_bytes": s.tx_bytes.load(Relaxed),
+                "dropped": s.dropped.load(Relaxed),
+                "malformed": s.malformed.load(Relaxed),
+            }),
+        }
+    }
 }
 
 impl DeviceManager {
@@ -200,6 +235,7 @@ impl DeviceManager {
             };
         let mut iommu_slot = None;
         let mut endpoint_slots = Vec::new();
+        let mut device_stats = Vec::new();
         if let Some(state) = &viommu {
             iommu_slot = Some(add_virtio(Box::new(VirtioIommu::new(state.clone())), false)?.0);
         }
@@ -209,6 +245,7 @@ impl DeviceManager {
                     id: d.id.clone(),
                     err: e.to_string(),
                 })?;
+            device_stats.push((d.id.clone(), DeviceStats::Block(blk.stats())));
             if let (slot, true) = add_virtio(Box::new(blk), d.iommu)? {
                 endpoint_slots.push(slot);
             }
@@ -218,6 +255,7 @@ impl DeviceManager {
                 tap: n.tap.clone(),
                 err: crate::config::tap_open_hint(&n.tap, &e).to_string(),
             })?;
+            device_stats.push((n.tap.clone(), DeviceStats::Net(net.stats())));
             if let (slot, true) = add_virtio(Box::new(net), n.iommu)? {
                 endpoint_slots.push(slot);
             }
@@ -233,6 +271,7 @@ impl DeviceManager {
             pci,
             viommu,
             viot,
+            device_stats,
         })
     }
 }

@@ -10,22 +10,30 @@ use serde_json::json;
 use viommu::device::IommuState;
 
 use crate::config::IommuMode;
+use crate::device_manager::DeviceStats;
 
 /// Collects and writes the counters of one VM.
 pub struct StatsWriter {
     path: PathBuf,
     mode: IommuMode,
     viommu: Option<Arc<IommuState>>,
+    devices: Vec<(String, DeviceStats)>,
     started: Instant,
 }
 
 impl StatsWriter {
     /// A writer for `path`.
-    pub fn new(path: PathBuf, mode: IommuMode, viommu: Option<Arc<IommuState>>) -> Self {
+    pub fn new(
+        path: PathBuf,
+        mode: IommuMode,
+        viommu: Option<Arc<IommuState>>,
+        devices: Vec<(String, DeviceStats)>,
+    ) -> Self {
         StatsWriter {
             path,
             mode,
             viommu,
+            devices,
             started: Instant::now(),
         }
     }
@@ -36,6 +44,11 @@ impl StatsWriter {
             "uptime_s": self.started.elapsed().as_secs_f64(),
             "iommu_mode": self.mode.as_str(),
             "viommu": self.viommu.as_ref().map(|v| v.stats.to_json()),
+            "devices": self
+                .devices
+                .iter()
+                .map(|(name, s)| (name.clone(), s.to_json()))
+                .collect::<serde_json::Map<_, _>>(),
         })
     }
 
@@ -102,14 +115,14 @@ mod tests {
         let path = dir.path().join("s.json");
         let state = IommuState::new(viommu::tables::Tables::new(Default::default(), None)).unwrap();
         state.stats.record(2, 0, 0x2000, 0x2000, 10);
-        let w = StatsWriter::new(path.clone(), IommuMode::Strict, Some(state));
+        let w = StatsWriter::new(path.clone(), IommuMode::Strict, Some(state), Vec::new());
         w.write().unwrap();
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!(v["iommu_mode"], "strict");
         assert_eq!(v["viommu"]["requests"]["map"], 1);
         assert_eq!(v["viommu"]["pages_mapped"], 2);
-        let off = StatsWriter::new(path.clone(), IommuMode::Off, None);
+        let off = StatsWriter::new(path.clone(), IommuMode::Off, None, Vec::new());
         off.write().unwrap();
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
