@@ -5,6 +5,8 @@
 log() { echo "lab: $*" >&2; }
 die() { echo "lab: error: $*" >&2; exit 1; }
 
+LAB_BUILT=""  # what this run had to (re)build; empty = all cached
+
 sudo_if() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else "$@"; fi; }
 
 # Installs missing Debian packages.
@@ -14,7 +16,7 @@ lab_packages() {
     dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
   done
   if [ ${#need[@]} -gt 0 ]; then
-    log "installing ${need[*]}"
+    log "installing ${need[*]}"; LAB_BUILT="$LAB_BUILT packages"
     sudo_if apt-get update -qq >/dev/null || die "apt-get update failed"
     sudo_if env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null \
       || die "apt-get install ${need[*]} failed"
@@ -32,7 +34,7 @@ lab_kernel() {
   [ -n "$KPKG" ] || die "cannot find the linux-image-6.12-amd64 package (is bookworm-security in the apt sources?)"
   KDIR="$LAB_CACHE/$KPKG"
   if [ ! -f "$KDIR/.done" ]; then
-    log "downloading $KPKG"
+    log "downloading $KPKG"; LAB_BUILT="$LAB_BUILT kernel"
     rm -rf "$KDIR"; mkdir -p "$KDIR"
     (cd "$KDIR" && apt-get download -qq "$KPKG" >/dev/null 2>&1) || die "apt-get download $KPKG failed"
     dpkg -x "$KDIR"/*.deb "$KDIR/root" || die "dpkg -x failed"
@@ -71,7 +73,7 @@ lab_images() {
   key=$(cat "$LAB_DIR"/lib/* | sha256sum | cut -c1-12)
   l1="$LAB_CACHE/l1-$KPKG-$key.cpio.gz"
   if [ ! -f "$l1" ]; then
-    log "building L1 initramfs"
+    log "building L1 initramfs"; LAB_BUILT="$LAB_BUILT l1-image"
     rm -rf "$LAB_CACHE/l1root"; mkdir -p "$LAB_CACHE/l1root"
     for m in $L1_MODULES; do lab_module "$m" "$LAB_CACHE/l1root"; done
     cp "$LAB_DIR/lib/l1-init" "$LAB_CACHE/l1root/init"; chmod +x "$LAB_CACHE/l1root/init"
@@ -81,7 +83,7 @@ lab_images() {
   key=$(cat "$LAB_DIR"/lib/* "$LAB_DIR/scenarios/$1"/* | sha256sum | cut -c1-12)
   l2="$LAB_CACHE/l2-$1-$KPKG-$key.cpio.gz"
   if [ ! -f "$l2" ]; then
-    log "building L2 initramfs for $1"
+    log "building L2 initramfs for $1"; LAB_BUILT="$LAB_BUILT l2-image"
     rm -rf "$LAB_CACHE/l2root"; mkdir -p "$LAB_CACHE/l2root"
     for m in $L2_MODULES; do lab_module "$m" "$LAB_CACHE/l2root"; done
     cp "$LAB_DIR/lib/l2-init" "$LAB_CACHE/l2root/init"; chmod +x "$LAB_CACHE/l2root/init"
@@ -93,4 +95,40 @@ lab_images() {
   L2_IMAGE=$l2
   mkdir -p "$LAB_CACHE/initramfs"
   ln -sf "$l2" "$LAB_CACHE/initramfs/initramfs.cpio.gz"
+}
+
+# Copies executable $1 and the shared libraries it links into root dir $2
+# (same paths), so L1 can run it without the build machine's filesystem.
+lab_copy_binary() {
+  local f
+  mkdir -p "$2$(dirname "$3")"; cp "$1" "$2$3"
+  for f in $(ldd "$1" | grep -o '/[^ ]*'); do
+    mkdir -p "$2$(dirname "$f")"; cp -L "$f" "$2$f"
+  done
+}
+
+# Builds this run's L1 initrd: the cached L1 image followed by an
+# uncompressed cpio with what the scenario needs (L2 kernel and image,
+# the scenario's L1 scripts, iovmm and ip with their libraries). Linux
+# unpacks concatenated archives, so L1 needs no 9p for iovmm scenarios.
+# $1 = scenario, $2 = iovmm binary (may be empty), $3 = output dir.
+lab_stage() {
+  local root="$3/stage-root"
+  rm -rf "$root"; mkdir -p "$root/stage/lib"
+  cp "$BZIMAGE" "$root/stage/bzImage"
+  cp "$L2_IMAGE" "$root/stage/l2.cpio.gz"
+  cp "$LAB_DIR/scenarios/$1/l1.sh" "$root/stage/l1.sh"
+  cp "$LAB_DIR"/lib/l1-*.sh "$root/stage/lib/" 2>/dev/null || true
+  if [ -n "$2" ]; then
+    lab_copy_binary "$2" "$root" /stage/iovmm
+    strip --strip-debug "$root/stage/iovmm" 2>/dev/null || true  # smaller initrd; symbols stay
+  fi
+  lab_copy_binary "$(command -v ip)" "$root" /sbin/ip.full
+  (cd "$root" && find . | cpio -o -H newc 2>/dev/null) > "$3/stage.cpio" || die "cannot build the stage archive"
+  # The kernel finds an uncompressed archive only at a 4-byte aligned
+  # offset; zeros between archives are skipped.
+  local pad=$(( (4 - $(stat -c %s "$L1_IMAGE") % 4) % 4 ))
+  { cat "$L1_IMAGE"; head -c "$pad" /dev/zero; cat "$3/stage.cpio"; } > "$3/l1-initrd.img"
+  rm -rf "$root" "$3/stage.cpio"
+  L1_INITRD="$3/l1-initrd.img"
 }

@@ -5,9 +5,9 @@
 make_tap tap0 10.99.0.1/24 || check net-setup 0 "cannot create tap0"
 MIB=${LAB_MIB:-16}
 # Disk: $MIB MiB of random data, then room for L2 to write $MIB MiB at 20 MiB.
-dd if=/dev/urandom of=/host/tmp/disk.img bs=1M count=$MIB 2>/dev/null
-dd if=/dev/zero bs=1M count=$((20 + MIB)) 2>/dev/null >> /host/tmp/disk.img
-DISK_SHA=$(head -c $((MIB << 20)) /host/tmp/disk.img | sha256sum | cut -c1-64)
+dd if=/dev/urandom of=/tmp/disk.img bs=1M count=$MIB 2>/dev/null
+dd if=/dev/zero bs=1M count=$((20 + MIB)) 2>/dev/null >> /tmp/disk.img
+DISK_SHA=$(head -c $((MIB << 20)) /tmp/disk.img | sha256sum | cut -c1-64)
 dd if=/dev/urandom of=/tmp/tx.bin bs=1M count=$MIB 2>/dev/null
 TX_SHA=$(sha256sum /tmp/tx.bin | cut -c1-64)
 nc -l -p 5001 -e cat /tmp/tx.bin &
@@ -17,11 +17,11 @@ run_l2 "console=ttyS0 panic=-1 quiet lab.mode=$MODE lab.mib=$MIB lab.disk_sha=$D
   --disk /tmp/disk.img --net tap0 --iommu "$MODE"
 echo "LAB-L1 l2 run took $(echo "$(cut -d' ' -f1 /proc/uptime) $T0" | awk '{print $1-$2}')s"
 [ "$L2_EXIT" = 0 ]; check vmm-exit $((! $?)) "exit=$L2_EXIT"
-W=$(dd if=/host/tmp/disk.img bs=1M skip=20 count=$MIB 2>/dev/null | sha256sum | cut -c1-64)
+W=$(dd if=/tmp/disk.img bs=1M skip=20 count=$MIB 2>/dev/null | sha256sum | cut -c1-64)
 [ "$W" = "$TX_SHA" ]; check blk-write $((! $?)) "sha at 20MiB=${W%${W#????????????}}"
 RX_SHA=$(sha256sum /tmp/rx.bin | cut -c1-64)
 [ "$RX_SHA" = "$DISK_SHA" ]; check net-l2-to-l1-data $((! $?)) "bytes=$(wc -c < /tmp/rx.bin)"
-echo "LAB-L1 rx_sha=$RX_SHA bytes=$(wc -c < /tmp/rx.bin)"
+echo "LAB-L1 received sha=$RX_SHA bytes=$(wc -c < /tmp/rx.bin)"
 
 # stat SECTION KEY: a number from the stats JSON ("" for top-level keys).
 stat() {
@@ -29,10 +29,10 @@ stat() {
     $1 == sec":" { insec = 1; next }
     insec && /}/ { insec = 0 }
     (sec == "\"\"" || insec) && $1 == key":" { gsub(/[,]/, "", $2); print $2; exit }
-  ' /host/tmp/stats.json
+  ' /tmp/stats.json
 }
-if [ -f /host/tmp/stats.json ]; then
-  echo "LAB-STATS-BEGIN"; cat /host/tmp/stats.json; echo "LAB-STATS-END"
+if [ -f /tmp/stats.json ]; then
+  echo "LAB-STATS-BEGIN"; cat /tmp/stats.json; echo "LAB-STATS-END"
   MAPS=$(stat requests map); UNMAPS=$(stat requests unmap); ATT=$(stat requests attach)
   UB=$(stat "" unmap_batches); FAULTS=$(stat "" faults)
   echo "LAB-L1 stats map=$MAPS unmap=$UNMAPS attach=$ATT unmap_batches=$UB faults=$FAULTS"

@@ -39,6 +39,12 @@ fn main() {
     // on inherits the blocked mask.
     if config.stats_file.is_some() {
         vmm::stats::block_sigusr1();
+    } else {
+        // Without a stats file there is nothing to write: a stray SIGUSR1
+        // must not kill the VM (its default action).
+        // SAFETY: installs SIG_IGN for SIGUSR1 before any other thread
+        // exists; no handler code runs.
+        unsafe { libc::signal(libc::SIGUSR1, libc::SIG_IGN) };
     }
     let vm = match builder::build_and_start(&config) {
         Ok(vm) => vm,

@@ -118,10 +118,8 @@ impl Disk {
         if st != status::OK {
             stats.errors.fetch_add(1, Ordering::Relaxed);
         }
-        if mem.write_obj(st, GuestAddress(status_addr)).is_err() {
-            stats.malformed.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
+        // A status byte outside guest memory: the caller counts it malformed.
+        mem.write_obj(st, GuestAddress(status_addr)).ok()?;
         Some(written.saturating_add(1))
     }
 

@@ -1,2 +1,2 @@
 MODE=lazy
-. "/host$REPO/lab/lib/l1-viommu.sh"
+. /stage/lib/l1-viommu.sh

@@ -1,2 +1,2 @@
 MODE=passthrough
-. "/host$REPO/lab/lib/l1-viommu.sh"
+. /stage/lib/l1-viommu.sh

@@ -1,0 +1,9 @@
+//! Arbitrary bytes as guest memory plus descriptor records, processed by
+//! the virtio-iommu request queue (see `viommu::fuzzing::run`).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    viommu::fuzzing::run(data);
+});
