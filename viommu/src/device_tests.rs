@@ -1,17 +1,7 @@
 use super::*;
 use devices::dma::DmaIotlb;
-use devices::virtio::testing::TestQueue;
+use devices::virtio::testing::{NoInterrupt, TestQueue};
 use std::sync::atomic::Ordering;
-
-struct NoIrq;
-impl VirtioInterrupt for NoIrq {
-    fn signal_used_queue(&self, _q: u16) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn signal_config_change(&self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 fn state() -> Arc<IommuState> {
     let mut t = Tables::new(crate::tables::Limits::default(), None);
@@ -55,7 +45,7 @@ fn map(domain: u32, start: u64, end: u64, phys: u64, flags: u32) -> Vec<u8> {
 }
 
 fn worker(s: &Arc<IommuState>, tq: &TestQueue) -> IommuWorker {
-    IommuWorker::for_test(s.clone(), tq.memory(), tq.queue(), Arc::new(NoIrq)).unwrap()
+    IommuWorker::for_test(s.clone(), tq.memory(), tq.queue(), Arc::new(NoInterrupt)).unwrap()
 }
 
 #[test]

@@ -3,22 +3,11 @@
 
 use std::sync::Arc;
 
-use devices::virtio::testing::TestQueue;
-use devices::virtio::VirtioInterrupt;
+use devices::virtio::testing::{NoInterrupt, TestQueue};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::device::{IommuState, IommuWorker};
 use crate::tables::{Limits, Tables};
-
-struct NoIrq;
-impl VirtioInterrupt for NoIrq {
-    fn signal_used_queue(&self, _q: u16) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn signal_config_change(&self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// Where request bytes are placed in guest memory.
 const DATA: u64 = 0x10000;
@@ -55,8 +44,13 @@ pub fn run(data: &[u8]) -> Arc<IommuState> {
             tq.publish(i as u16);
         }
     }
-    let mut w = IommuWorker::for_test(state.clone(), tq.memory(), tq.queue(), Arc::new(NoIrq))
-        .expect("eventfd");
+    let mut w = IommuWorker::for_test(
+        state.clone(),
+        tq.memory(),
+        tq.queue(),
+        Arc::new(NoInterrupt),
+    )
+    .expect("eventfd");
     let _ = w.run_requests();
     state
 }
