@@ -275,6 +275,40 @@ mod tests {
     }
 
     #[test]
+    fn large_accesses_split_over_many_mappings_land_in_each_page() {
+        let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let t = Arc::new(Table::default());
+        // IOVA pages 0..8 map to GPA pages in reverse order.
+        t.maps.lock().unwrap().extend((0..8u64).map(|i| DmaMapping {
+            iova: 0x4000_0000 + i * 0x1000,
+            gpa: 0x8_0000 - i * 0x1000,
+            len: 0x1000,
+            perm: Permissions::ReadWrite,
+        }));
+        let tlb = DmaIotlb::new(t.clone());
+        let mem = tlb.memory(ram, true);
+        let data: Vec<u8> = (0..0x6800u32).map(|i| (i % 251) as u8).collect();
+        for round in 0..2 {
+            // Round 1 is served from the IOTLB filled by round 0.
+            mem.write_slice(&data, GuestAddress(0x4000_0400)).unwrap();
+            let ram = mem.get_backend();
+            for (k, b) in data.iter().enumerate() {
+                let iova_off = 0x400 + k as u64;
+                let gpa = 0x8_0000 - (iova_off / 0x1000) * 0x1000 + iova_off % 0x1000;
+                assert_eq!(
+                    ram.read_obj::<u8>(GuestAddress(gpa)).unwrap(),
+                    *b,
+                    "round {round} byte {k}"
+                );
+            }
+            let mut back = vec![0u8; data.len()];
+            mem.read_slice(&mut back, GuestAddress(0x4000_0400))
+                .unwrap();
+            assert_eq!(back, data);
+        }
+    }
+
+    #[test]
     fn unmapped_and_read_only_accesses_fault_without_touching_memory() {
         let (t, _tlb, mem) = setup();
         assert!(mem.write_obj(1u8, GuestAddress(0x3000_0000)).is_err());
