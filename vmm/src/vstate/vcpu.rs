@@ -232,27 +232,6 @@ impl Vcpu {
         Ok(())
     }
 
-    /// Logs the registers that tell where a guest died (RIP, stack,
-    /// control registers, IDT), for triple-fault diagnosis.
-    fn log_state(&self, what: &str) {
-        match (self.fd.get_regs(), self.fd.get_sregs()) {
-            (Ok(r), Ok(s)) => tracing::info!(
-                vcpu = self.id,
-                rip = format_args!("{:#x}", r.rip),
-                rsp = format_args!("{:#x}", r.rsp),
-                rflags = format_args!("{:#x}", r.rflags),
-                cr0 = format_args!("{:#x}", s.cr0),
-                cr2 = format_args!("{:#x}", s.cr2),
-                cr3 = format_args!("{:#x}", s.cr3),
-                idt = format_args!("{:#x}/{:#x}", s.idt.base, s.idt.limit),
-                "{what}"
-            ),
-            (Err(e), _) | (_, Err(e)) => {
-                tracing::warn!(vcpu = self.id, "{what}: cannot read registers: {e}")
-            }
-        }
-    }
-
     /// Runs the vCPU until the VM must stop; exits go to `pio`/`mmio`, and
     /// power-off, reset and fatal errors are reported through `exit`.
     pub fn run(mut self, pio: Arc<Bus>, mmio: Arc<Bus>, exit: Arc<ExitSignal>) {
@@ -291,7 +270,6 @@ impl Vcpu {
                         vcpu = id,
                         "guest triple fault / shutdown: treating as reset"
                     );
-                    self.log_state("state at shutdown");
                     ExitReason::Reset
                 }
                 Ok(VcpuExit::SystemEvent(ty, _)) => match ty {
