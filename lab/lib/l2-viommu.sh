@@ -1,5 +1,6 @@
 # Shared L2 part of the viommu-<mode> scenarios.
 MODE=$(arg mode); MIB=$(arg mib)
+echo "LAB-L2 cpu$(grep -m1 ^flags /proc/cpuinfo | cut -d: -f2)"
 load virtio-iommu
 sleep 1
 ls /sys/bus/virtio/drivers/virtio_iommu/ 2>/dev/null | grep -q virtio; check viommu-bound $((! $?)) "virtio_iommu"

@@ -14,6 +14,12 @@ const KVM_FEATURE_NOP_IO_DELAY: u32 = 1 << 1;
 /// KVM_HINTS_REALTIME (EDX of the features leaf): never promised by iovmm,
 /// as vCPUs are not pinned to dedicated cores.
 const KVM_HINTS_REALTIME: u32 = 1 << 0;
+/// KVM PV features iovmm does not offer, the same set QEMU leaves off by
+/// default: PV_UNHALT (7), PV_TLB_FLUSH (9), PV_SEND_IPI (11),
+/// POLL_CONTROL (12), PV_SCHED_YIELD (13). They change how the guest
+/// flushes remote TLBs and waits for other vCPUs; plain IPIs are what both
+/// VMMs are compared on.
+const KVM_FEATURES_HIDDEN: u32 = (1 << 7) | (1 << 9) | (1 << 11) | (1 << 12) | (1 << 13);
 
 /// Number of bits needed to number `n` items (ceil(log2(n))).
 fn bits_for(n: u32) -> u32 {
@@ -88,7 +94,7 @@ fn filter_entry(e: &mut kvm_cpuid_entry2, id: u32, count: u32, core_bits: u32) {
             e.ecx = 0;
         }
         KVM_CPUID_FEATURES => {
-            e.eax |= KVM_FEATURE_NOP_IO_DELAY;
+            e.eax = (e.eax | KVM_FEATURE_NOP_IO_DELAY) & !KVM_FEATURES_HIDDEN;
             e.edx &= !KVM_HINTS_REALTIME;
         }
         _ => {}
@@ -128,6 +134,20 @@ mod tests {
         assert_eq!(s[3].ecx & 0xff, 3);
         assert_eq!((s[3].ecx >> 12) & 0xf, 2);
         assert_ne!(s[4].eax & KVM_FEATURE_NOP_IO_DELAY, 0);
+    }
+
+    #[test]
+    fn pv_features_qemu_leaves_off_are_hidden() {
+        let mut e = kvm_cpuid_entry2 {
+            function: KVM_CPUID_FEATURES,
+            eax: u32::MAX,
+            ..Default::default()
+        };
+        filter_entry(&mut e, KVM_CPUID_FEATURES, 0, 0);
+        for bit in [7, 9, 11, 12, 13] {
+            assert_eq!(e.eax & (1 << bit), 0, "bit {bit}");
+        }
+        assert_ne!(e.eax & (1 << 3), 0, "steal time stays");
     }
 
     #[test]
