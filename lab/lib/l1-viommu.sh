@@ -3,7 +3,7 @@
 # each way over the network and through the disk; the VMM's stats are
 # checked for the shape the mode implies.
 make_tap tap0 10.99.0.1/24 || check net-setup 0 "cannot create tap0"
-MIB=${LAB_MIB:-16}
+MIB=$(arg mib); MIB=${MIB:-16}
 # Disk: $MIB MiB of random data, then room for L2 to write $MIB MiB at 20 MiB.
 dd if=/dev/urandom of=/tmp/disk.img bs=1M count=$MIB 2>/dev/null
 dd if=/dev/zero bs=1M count=$((20 + MIB)) 2>/dev/null >> /tmp/disk.img
@@ -13,7 +13,7 @@ TX_SHA=$(sha256sum /tmp/tx.bin | cut -c1-64)
 nc -l -p 5001 -e cat /tmp/tx.bin &
 ( nc -l -p 5002 > /tmp/rx.bin; nc -l -p 5003 -e echo received ) &
 T0=$(cut -d' ' -f1 /proc/uptime)
-run_l2 "console=ttyS0 panic=-1 quiet lab.mode=$MODE lab.mib=$MIB lab.disk_sha=$DISK_SHA lab.tx_sha=$TX_SHA" \
+run_l2 "console=ttyS0 panic=-1 $L2_QUIET lab.mode=$MODE lab.mib=$MIB lab.disk_sha=$DISK_SHA lab.tx_sha=$TX_SHA" \
   --disk /tmp/disk.img --net tap0 --iommu "$MODE"
 echo "LAB-L1 l2 run took $(echo "$(cut -d' ' -f1 /proc/uptime) $T0" | awk '{print $1-$2}')s"
 [ "$L2_EXIT" = 0 ]; check vmm-exit $((! $?)) "exit=$L2_EXIT"
