@@ -279,7 +279,7 @@ fn notification_handshake_never_strands_a_request() {
             done = done.wrapping_add(pending);
             pending = 0;
         }
-        if seed % 64 == 0 {
+        if seed.is_multiple_of(64) {
             std::thread::sleep(Duration::from_micros(200));
         }
     }
