@@ -5,6 +5,8 @@ load virtio-iommu
 sleep 1
 ls /sys/bus/virtio/drivers/virtio_iommu/ 2>/dev/null | grep -q virtio; check viommu-bound $((! $?)) "virtio_iommu"
 load failover net_failover virtio_net virtio_blk
+# Verbose runs: module load addresses, to place vCPU state dumps.
+grep -q nokaslr /proc/cmdline && sed 's/^/LAB-L2 module /' /proc/modules
 sleep 1
 case "$MODE" in strict) WANT=DMA;; lazy) WANT=DMA-FQ;; passthrough) WANT=identity;; esac
 TYPES=""

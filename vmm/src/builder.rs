@@ -1,5 +1,6 @@
 //! Assembles a VM from its configuration and runs it to completion.
 
+use std::os::unix::thread::JoinHandleExt;
 use std::sync::Arc;
 
 use devices::legacy::{ExitReason, ExitSignal};
@@ -59,6 +60,9 @@ pub struct RunningVm {
     exit: Arc<ExitSignal>,
     devices: DeviceManager,
     stats: Option<Arc<StatsWriter>>,
+    // Kept (never joined) so that their pthread ids stay valid for
+    // SIGUSR1's state dumps.
+    _vcpu_threads: Vec<std::thread::JoinHandle<()>>,
     // Guest RAM must outlive the vCPUs: KVM's memory slots point into it.
     _mem: vm_memory::GuestMemoryMmap,
     _vm: Vm,
@@ -99,9 +103,6 @@ pub fn build_and_start(cfg: &VmConfig) -> Result<RunningVm, BuildError> {
             devices.device_stats.clone(),
         ))
     });
-    if let Some(w) = &stats {
-        crate::stats::spawn_sigusr1_writer(w.clone())?;
-    }
     let rsdp = crate::acpi::create_acpi_tables(&mem, cfg.vcpus, &layout, devices.viot.as_ref())
         .map_err(|e| BuildError::Acpi(e.to_string()))?;
     let cmdline = crate::config::iommu::cmdline_with_mode(&cfg.cmdline, cfg.iommu_mode);
@@ -127,16 +128,24 @@ pub fn build_and_start(cfg: &VmConfig) -> Result<RunningVm, BuildError> {
         nets = cfg.nets.len(),
         "starting guest"
     );
+    crate::vstate::vcpu::install_kick_handler()?;
+    let mut threads = Vec::with_capacity(vcpus.len());
     for (id, vcpu) in vcpus.into_iter().enumerate() {
         let (pio, mmio, exit) = (devices.pio.clone(), devices.mmio.clone(), exit.clone());
-        std::thread::Builder::new()
-            .name(format!("vcpu{id}"))
-            .spawn(move || vcpu.run(pio, mmio, exit))?;
+        let ram = mem.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("vcpu{id}"))
+                .spawn(move || vcpu.run(pio, mmio, exit, ram))?,
+        );
     }
+    let ids = threads.iter().map(|t| t.as_pthread_t()).collect();
+    crate::stats::spawn_sigusr1_thread(stats.clone(), ids)?;
     Ok(RunningVm {
         exit,
         devices,
         stats,
+        _vcpu_threads: threads,
         _mem: mem,
         _vm: vm,
     })

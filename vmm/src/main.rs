@@ -35,17 +35,9 @@ fn main() {
     let Command::Run { config, log_level } =
         cli::parse_and_build(std::env::args_os()).unwrap_or_else(|e| e.exit());
     init_logging(&log_level);
-    // Only the stats thread takes SIGUSR1; every thread started from here
-    // on inherits the blocked mask.
-    if config.stats_file.is_some() {
-        vmm::stats::block_sigusr1();
-    } else {
-        // Without a stats file there is nothing to write: a stray SIGUSR1
-        // must not kill the VM (its default action).
-        // SAFETY: installs SIG_IGN for SIGUSR1 before any other thread
-        // exists; no handler code runs.
-        unsafe { libc::signal(libc::SIGUSR1, libc::SIG_IGN) };
-    }
+    // Only the SIGUSR1 thread (stats, vCPU state dumps) takes SIGUSR1;
+    // every thread started from here on inherits the blocked mask.
+    vmm::stats::block_sigusr1();
     let vm = match builder::build_and_start(&config) {
         Ok(vm) => vm,
         Err(e) => {

@@ -1,5 +1,6 @@
 //! The VM's counters as one JSON document, written to `--stats-file` when
-//! the VM stops and whenever the process receives SIGUSR1.
+//! the VM stops and whenever the process receives SIGUSR1 (which also
+//! makes every vCPU log its registers, for diagnosing a hung guest).
 
 use std::io;
 use std::path::PathBuf;
@@ -84,10 +85,14 @@ pub fn block_sigusr1() {
     }
 }
 
-/// Starts a thread that writes the stats on every SIGUSR1.
-pub fn spawn_sigusr1_writer(writer: Arc<StatsWriter>) -> io::Result<()> {
+/// Starts the thread that serves SIGUSR1: every vCPU in `vcpus` logs its
+/// registers, then the stats (if a file is configured) are written.
+pub fn spawn_sigusr1_thread(
+    writer: Option<Arc<StatsWriter>>,
+    vcpus: Vec<libc::pthread_t>,
+) -> io::Result<()> {
     std::thread::Builder::new()
-        .name("stats".into())
+        .name("sigusr1".into())
         .spawn(move || loop {
             let set = sigusr1_set();
             let mut sig: libc::c_int = 0;
@@ -97,6 +102,8 @@ pub fn spawn_sigusr1_writer(writer: Arc<StatsWriter>) -> io::Result<()> {
                 tracing::warn!("sigwait failed: {}", io::Error::from_raw_os_error(r));
                 return;
             }
+            crate::vstate::vcpu::request_state_dump(&vcpus);
+            let Some(writer) = &writer else { continue };
             match writer.write() {
                 Ok(()) => tracing::info!(path = %writer.path.display(), "stats written (SIGUSR1)"),
                 Err(e) => tracing::warn!("cannot write stats: {e}"),

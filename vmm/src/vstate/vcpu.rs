@@ -1,6 +1,7 @@
 //! vCPUs: boot register state and the run loop that dispatches exits to
 //! the port-I/O and MMIO buses.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use kvm_bindings::{
@@ -57,6 +58,51 @@ const APIC_LVT0: usize = 0x350;
 const APIC_LVT1: usize = 0x360;
 const APIC_MODE_EXTINT: u32 = 0x7;
 const APIC_MODE_NMI: u32 = 0x4;
+
+/// Bumped by [`request_state_dump`]; each vCPU logs its registers when it
+/// sees a new value.
+static DUMP_REQUEST: AtomicU64 = AtomicU64::new(0);
+/// Stack words logged with a state dump.
+const DUMP_STACK_WORDS: u64 = 24;
+
+/// The signal that kicks a vCPU thread out of KVM_RUN (its handler does
+/// nothing; the interrupted ioctl returns EINTR).
+pub fn kick_signal() -> libc::c_int {
+    libc::SIGRTMIN()
+}
+
+extern "C" fn on_kick(_: libc::c_int) {}
+
+/// Installs the (empty) handler of [`kick_signal`], without SA_RESTART so
+/// that KVM_RUN returns to the run loop.
+pub fn install_kick_handler() -> std::io::Result<()> {
+    // SAFETY: `sa` is fully initialised (zeroed, then handler and an empty
+    // mask set) before sigaction reads it; the handler is async-signal-safe
+    // (it does nothing).
+    let r = unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_kick as extern "C" fn(libc::c_int) as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(kick_signal(), &sa, std::ptr::null_mut())
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Asks every vCPU in `threads` to log its registers and the top of its
+/// stack (for diagnosing a hung guest): bumps the request and kicks the
+/// threads out of KVM_RUN.
+pub fn request_state_dump(threads: &[libc::pthread_t]) {
+    DUMP_REQUEST.fetch_add(1, Ordering::SeqCst);
+    for &t in threads {
+        // SAFETY: `t` belongs to a vCPU thread whose JoinHandle the VM
+        // keeps (never joined), so the id stays valid; the signal has a
+        // handler installed by `install_kick_handler`.
+        unsafe { libc::pthread_kill(t, kick_signal()) };
+    }
+}
 
 /// Flat GDT: null, 64-bit code, data, TSS, 32-bit code.
 const GDT: [u64; 5] = [
@@ -234,11 +280,23 @@ impl Vcpu {
 
     /// Runs the vCPU until the VM must stop; exits go to `pio`/`mmio`, and
     /// power-off, reset and fatal errors are reported through `exit`.
-    pub fn run(mut self, pio: Arc<Bus>, mmio: Arc<Bus>, exit: Arc<ExitSignal>) {
+    pub fn run(
+        mut self,
+        pio: Arc<Bus>,
+        mmio: Arc<Bus>,
+        exit: Arc<ExitSignal>,
+        mem: GuestMemoryMmap,
+    ) {
         let id = self.id;
+        let mut dumps_seen = DUMP_REQUEST.load(Ordering::SeqCst);
         loop {
             if exit.is_requested() {
                 return;
+            }
+            let dumps = DUMP_REQUEST.load(Ordering::SeqCst);
+            if dumps != dumps_seen {
+                dumps_seen = dumps;
+                self.log_state(&mem);
             }
             let reason = match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {
@@ -303,6 +361,39 @@ impl Vcpu {
             exit.request(reason);
             return;
         }
+    }
+
+    /// Logs RIP, RSP, RFLAGS, CR3 and the top of the stack (guest-virtual
+    /// addresses translated by KVM) in one line.
+    fn log_state(&self, mem: &GuestMemoryMmap) {
+        let (Ok(r), Ok(s)) = (self.fd.get_regs(), self.fd.get_sregs()) else {
+            tracing::warn!(vcpu = self.id, "vCPU state: registers unreadable");
+            return;
+        };
+        let mut stack = String::new();
+        for i in 0..DUMP_STACK_WORDS {
+            let gva = r.rsp.wrapping_add(i * 8);
+            let word = self
+                .fd
+                .translate_gva(gva)
+                .ok()
+                .filter(|t| t.valid != 0)
+                .and_then(|t| mem.read_obj::<u64>(GuestAddress(t.physical_address)).ok());
+            match word {
+                Some(w) => stack.push_str(&format!(" {w:#x}")),
+                None => break,
+            }
+        }
+        tracing::warn!(
+            vcpu = self.id,
+            rip = format_args!("{:#x}", r.rip),
+            rsp = format_args!("{:#x}", r.rsp),
+            rflags = format_args!("{:#x}", r.rflags),
+            interrupts = if r.rflags & 0x200 != 0 { "on" } else { "off" },
+            cr3 = format_args!("{:#x}", s.cr3),
+            stack = stack.trim_start(),
+            "vCPU state"
+        );
     }
 }
 
