@@ -90,8 +90,8 @@ fn payload_prints_and_powers_off() {
         },
     )
     .unwrap();
-    let (p, e) = (pio.clone(), exit.clone());
-    std::thread::spawn(move || vcpu.run(p, Arc::new(Bus::new()), e));
+    let (p, e, m) = (pio.clone(), exit.clone(), mem.clone());
+    std::thread::spawn(move || vcpu.run(p, Arc::new(Bus::new()), e, m));
 
     let start = Instant::now();
     while !exit.is_requested() && start.elapsed() < Duration::from_secs(30) {
