@@ -10,7 +10,7 @@ TX_SHA=$(sha256sum /tmp/tx.bin | cut -c1-64)
 nc -l -p 5001 -e cat /tmp/tx.bin &
 # After receiving on 5002, acknowledge on 5003 so L2 powers off only then.
 ( nc -l -p 5002 > /tmp/rx.bin; nc -l -p 5003 -e echo received ) &
-run_l2 "console=ttyS0 panic=-1 $L2_QUIET lab.disk_sha=$DISK_SHA lab.tx_sha=$TX_SHA" --disk /tmp/disk.img --net tap0
+run_l2 "console=ttyS0 panic=-1 $L2_QUIET lab.vcpus=$L2_VCPUS lab.disk_sha=$DISK_SHA lab.tx_sha=$TX_SHA" --disk /tmp/disk.img --net tap0
 [ "$L2_EXIT" = 0 ]; check vmm-exit $((! $?)) "exit=$L2_EXIT"
 W=$(dd if=/tmp/disk.img bs=1M skip=6 count=1 2>/dev/null | tr -d 'L' | wc -c)
 [ "$W" = 0 ]; check blk-write $((! $?)) "non-L bytes at 6MiB=$W"

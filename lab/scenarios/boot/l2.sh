@@ -1,6 +1,6 @@
 # boot, inside L2.
 N=$(grep -c ^processor /proc/cpuinfo)
-[ "$N" = 2 ]; check cpus $((! $?)) "$N"
+[ "$N" = "$(arg vcpus)" ]; check cpus $((! $?)) "$N"
 load failover net_failover virtio_net virtio_blk
 sleep 1
 SHA=$(head -c 4194304 /dev/vda | sha256sum | cut -c1-64)
