@@ -1,7 +1,7 @@
 //! Command-line interface of the `iovmm` binary.
 //!
 //! `iovmm run` takes a TOML file (`--config`) and/or flags; flags override
-//! the file field by field and `--disk`/`--net` replace the file's lists.
+//! the file field by field and `--disk`/`--net`/`--vfio` replace the file's lists.
 //! [`parse_and_build`] turns the arguments into a validated [`Command`];
 //! every problem becomes a [`CliError`] whose [`CliError::exit`] prints one
 //! line `iovmm: error: <problem>: <fix>` and exits with status 2 (help and
@@ -15,7 +15,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{
     self, parse_mac, parse_size, ConfigError, ConfigLayer, DiskSpec, IommuMode, MemoryBacking,
-    NetSpec, SerialOutput, VmConfig,
+    NetSpec, SerialOutput, VfioSpec, VmConfig,
 };
 
 /// Exit status for bad usage or configuration.
@@ -52,9 +52,17 @@ errors; relative paths are relative to the file's directory):
   tap = \"tap0\"                  # TAP interface, <= 15 chars
   mac = \"52:54:00:12:34:56\"     # default 52:54:00:12:34:56 + index
   iommu = false
+  [[vfio]]                      # one section per assigned host PCI function
+  device = \"0000:03:00.0\"       # PCI address or /sys/bus/pci/devices/ path;
+                                # bound to vfio-pci, whole IOMMU group viable
+  iommu = true                  # DMA through the virtual IOMMU; default true
+                                # unless [iommu] mode is off; at most one
+                                # device with iommu = true. iommu = false maps
+                                # all guest RAM for the device (pinned) at start
 
-Flags override the file field by field; --disk/--net given on the command
-line replace the file's [[disk]]/[[net]] lists. Examples: examples/*.toml.
+Flags override the file field by field; --disk/--net/--vfio given on the
+command line replace the file's [[disk]]/[[net]]/[[vfio]] lists. Examples:
+examples/*.toml. VFIO assignment: docs/vfio.md.
 
 EXIT STATUS: 0 guest powered off, 1 VMM failure, 2 bad usage or
 configuration, 3 guest reset/reboot, 4 guest crash reported through KVM.";
@@ -129,6 +137,13 @@ pub struct RunArgs {
     /// on|off (default off). Replaces the file's [[net]] list.
     #[arg(long, value_name = "tap=NAME[,mac=MAC][,iommu=on|off]")]
     pub net: Vec<String>,
+    /// Assign a host PCI function (bound to vfio-pci) to the guest; repeat
+    /// for more. DEVICE: 0000:03:00.0, 03:00.0 or a /sys/bus/pci/devices/
+    /// path. iommu: on|off, DMA through the virtual IOMMU (default on unless
+    /// --iommu-mode is off; at most one device on); off maps and pins all
+    /// guest RAM for the device at start. Replaces the file's [[vfio]] list.
+    #[arg(long, value_name = "DEVICE[,iommu=on|off]")]
+    pub vfio: Vec<String>,
     /// IOMMU policy: off (no virtual IOMMU), passthrough (identity domains),
     /// strict (unmap + invalidate after every DMA) or lazy (batched
     /// invalidation). Adds the matching guest kernel parameter unless the
@@ -348,6 +363,16 @@ fn cli_layer(args: &RunArgs) -> Result<ConfigLayer, ConfigError> {
                     .collect::<Result<_, _>>()?,
             )
         },
+        vfio: if args.vfio.is_empty() {
+            None
+        } else {
+            Some(
+                args.vfio
+                    .iter()
+                    .map(|v| parse_vfio_arg(v))
+                    .collect::<Result<_, _>>()?,
+            )
+        },
         iommu_mode: args
             .iommu_mode
             .as_deref()
@@ -448,6 +473,28 @@ pub fn parse_net_arg(arg: &str) -> Result<NetSpec, ConfigError> {
         .ok_or_else(|| ConfigError::new(format!("--net `{arg}` has no tap"), "use --net tap=tap0"))?
         .to_string();
     Ok(n)
+}
+
+/// Parses a `--vfio DEVICE[,iommu=on|off]` value (`device=` may be
+/// written out).
+pub fn parse_vfio_arg(arg: &str) -> Result<VfioSpec, ConfigError> {
+    let mut v = VfioSpec::default();
+    let mut device = None;
+    for (k, val) in split_opts("--vfio", arg, "device", &["device", "iommu"])? {
+        match k {
+            "device" => device = Some(val),
+            _ => v.iommu = Some(parse_switch("--vfio", k, val)?),
+        }
+    }
+    let device = device.ok_or_else(|| {
+        ConfigError::new(
+            format!("--vfio `{arg}` has no device"),
+            "use --vfio 0000:03:00.0[,iommu=on|off]",
+        )
+    })?;
+    config::vfio::parse_address(device).map_err(|e| e.context("--vfio"))?;
+    v.device = device.to_string();
+    Ok(v)
 }
 
 #[cfg(test)]

@@ -260,3 +260,95 @@ fn disk_and_net_args() {
         .to_string()
         .starts_with("--net: MAC address `1` is invalid"));
 }
+
+#[test]
+fn vfio_args() {
+    let v = parse_vfio_arg("0000:03:00.0").unwrap();
+    assert_eq!((v.device.as_str(), v.iommu), ("0000:03:00.0", None));
+    let v = parse_vfio_arg("device=/sys/bus/pci/devices/0000:03:00.0,iommu=off").unwrap();
+    assert_eq!(v.device, "/sys/bus/pci/devices/0000:03:00.0");
+    assert_eq!(v.iommu, Some(false));
+    assert_eq!(
+        parse_vfio_arg("03:00.0,iommu=on").unwrap().iommu,
+        Some(true)
+    );
+    let err = |a: &str| parse_vfio_arg(a).unwrap_err().to_string();
+    assert_eq!(
+        err("03:00"),
+        "--vfio: VFIO device `03:00` is not a PCI function address: write DDDD:BB:DD.F \
+         (e.g. 0000:03:00.0), BB:DD.F, or a /sys/bus/pci/devices/ path (see lspci -D)"
+    );
+    assert!(err("iommu=on").contains("--vfio `iommu=on` has no device"));
+    assert!(err("03:00.0,iommu=maybe").contains("--vfio iommu=`maybe` is not on or off"));
+    assert!(err("03:00.0,bar=1").contains("unknown option `bar`: valid options are device, iommu"));
+    assert!(err("").contains("VFIO device is empty"));
+}
+
+#[test]
+fn vfio_flags_validate_and_replace_the_files_list() {
+    let dir = fixture(
+        "[kernel]\npath = \"bzImage\"\n[[vfio]]\ndevice = \"0000:05:00.0\"\niommu = false\n",
+    );
+    let cfg = dir.path().join("vm.toml");
+    let c = config(run(&["run", "--config", s(&cfg)]).unwrap());
+    assert_eq!(c.vfio.len(), 1);
+    assert_eq!(c.vfio[0].address.to_string(), "0000:05:00.0");
+    assert_eq!(c.iommu_mode, IommuMode::Off);
+    let c = config(
+        run(&[
+            "run",
+            "--config",
+            s(&cfg),
+            "--vfio",
+            "03:00.0,iommu=on",
+            "--vfio",
+            "/sys/bus/pci/devices/0000:04:00.0,iommu=off",
+        ])
+        .unwrap(),
+    );
+    assert_eq!(c.vfio.len(), 2, "--vfio replaces the file's list");
+    assert_eq!(c.vfio[0].address.to_string(), "0000:03:00.0");
+    assert!(c.vfio[0].iommu && !c.vfio[1].iommu);
+    assert_eq!(
+        c.iommu_mode,
+        IommuMode::Strict,
+        "iommu=on makes strict the default"
+    );
+    let c = config(
+        run(&[
+            "run",
+            "--config",
+            s(&cfg),
+            "--vfio",
+            "03:00.0",
+            "--iommu-mode",
+            "passthrough",
+        ])
+        .unwrap(),
+    );
+    assert!(c.vfio[0].iommu, "default on with a virtual IOMMU");
+    let base = ["run", "--config", s(&cfg)];
+    let with = |extra: &[&str]| run_err(&[&base[..], extra].concat());
+    assert!(with(&["--vfio", "3:0:0"]).starts_with("--vfio: VFIO device `3:0:0` is not"));
+    assert!(with(&["--vfio", "03:00.0,iommu=on", "--iommu-mode", "off"])
+        .contains("has iommu=on but the IOMMU mode is off"));
+    assert!(with(&["--vfio", "03:00.0", "--vfio", "3:00.0"]).contains("is given twice"));
+    assert!(with(&[
+        "--iommu-mode",
+        "strict",
+        "--vfio",
+        "03:00.0",
+        "--vfio",
+        "04:00.0"
+    ])
+    .contains("are both behind the virtual IOMMU"));
+    let help = run(&["run", "--help"]).unwrap_err().to_string();
+    for needle in [
+        "--vfio <DEVICE[,iommu=on|off]>",
+        "[[vfio]]",
+        "vfio-pci",
+        "docs/vfio.md",
+    ] {
+        assert!(help.contains(needle), "help lacks {needle}");
+    }
+}
