@@ -65,7 +65,9 @@ command line replace the file's [[disk]]/[[net]]/[[vfio]] lists. Examples:
 examples/*.toml. VFIO assignment: docs/vfio.md.
 
 EXIT STATUS: 0 guest powered off, 1 VMM failure, 2 bad usage or
-configuration, 3 guest reset/reboot, 4 guest crash reported through KVM.";
+configuration (including a host PCI function that cannot be assigned),
+3 guest reset/reboot, 4 guest crash reported through KVM, 143/130 stopped
+by SIGTERM/SIGINT (after a clean teardown; a second signal exits at once).";
 
 /// The `iovmm` command line.
 #[derive(Debug, Parser)]

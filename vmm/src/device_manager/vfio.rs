@@ -336,6 +336,15 @@ pub struct VfioStats {
 }
 
 impl VfioStats {
+    /// Counters of `devices` (`(host address, behind the viommu, guest
+    /// slot)`) and of the named container `backends`.
+    pub fn new(
+        devices: Vec<(String, bool, u8)>,
+        backends: Vec<(&'static str, Arc<VfioBackend>)>,
+    ) -> Self {
+        VfioStats { devices, backends }
+    }
+
     /// `{"devices": [...], "dma": {"identity"|"viommu": {map, unmap,
     /// mapped_bytes}}}`.
     pub fn to_json(&self) -> serde_json::Value {
