@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -148,6 +148,8 @@ pub struct VfioBackend {
     /// IOVA → length of every VFIO mapping made here.
     maps: Mutex<BTreeMap<u64, u64>>,
     stats: DmaStats,
+    /// Set by [`VfioBackend::shutdown`]: maps are refused from then on.
+    closed: AtomicBool,
     // Dropped last: the RAM must outlive the mappings (see Drop).
     ram: Arc<dyn GuestRam>,
 }
@@ -164,6 +166,7 @@ impl VfioBackend {
             mapper,
             maps: Mutex::new(BTreeMap::new()),
             stats: DmaStats::default(),
+            closed: AtomicBool::new(false),
             ram,
         }
     }
@@ -217,6 +220,15 @@ impl VfioBackend {
         Ok(())
     }
 
+    /// Teardown: refuses every later map (a guest request racing with the
+    /// VM's exit cannot re-create a mapping) and removes every mapping;
+    /// returns the bytes unmapped. Call it before closing the devices and
+    /// before the process exits (`std::process::exit` runs no `Drop`).
+    pub fn shutdown(&self) -> Result<u64, BackendError> {
+        self.closed.store(true, Ordering::SeqCst);
+        self.unmap_all()
+    }
+
     /// Removes every mapping made through this backend (teardown); returns
     /// the bytes unmapped.
     pub fn unmap_all(&self) -> Result<u64, BackendError> {
@@ -257,6 +269,10 @@ impl HostIommu for VfioBackend {
             return Err(host("map", iova, len, "range wraps around"));
         };
         let mut maps = self.lock();
+        // Checked under the lock: shutdown's unmap_all waits for this map.
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(host("map", iova, len, "the VM is shutting down"));
+        }
         if maps
             .range(..end)
             .next_back()

@@ -195,6 +195,18 @@ fn map_all_reports_progress_and_unmap_all_and_drop_clean_up() {
 }
 
 #[test]
+fn shutdown_unmaps_and_refuses_later_maps() {
+    let (m, b) = backend();
+    b.map(0x1000, 0, 0x2000, Permissions::ReadWrite).unwrap();
+    assert_eq!(b.shutdown(), Ok(0x2000));
+    assert!(m.live.lock().unwrap().is_empty());
+    let e = b.map(0x1000, 0, 0x1000, Permissions::Read).unwrap_err();
+    assert!(e.to_string().contains("shutting down"), "{e}");
+    assert_eq!(b.mapped_bytes(), 0);
+    assert_eq!(b.shutdown(), Ok(0), "idempotent");
+}
+
+#[test]
 fn guest_memory_mmap_is_guest_ram() {
     let mem = GuestMemoryMmap::<()>::from_ranges(&[
         (GuestAddress(0), 0x4000),

@@ -509,7 +509,7 @@ impl VirtioIommu {
         c[24..28].copy_from_slice(&l.domain_start.to_le_bytes());
         c[28..32].copy_from_slice(&l.domain_end.to_le_bytes());
         c[32..36].copy_from_slice(&PROBE_SIZE.to_le_bytes());
-        c[36] = u8::from(t.bypass);
+        c[36] = u8::from(t.bypass());
         c
     }
 }
@@ -548,7 +548,7 @@ impl VirtioDevice for VirtioIommu {
         if offset == 36 && data.len() == 1 {
             let mut t = self.state.tables();
             if t.bypass_config {
-                t.bypass = data[0] & 1 != 0;
+                t.set_bypass(data[0] & 1 != 0);
             }
         }
     }

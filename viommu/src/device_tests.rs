@@ -136,7 +136,7 @@ fn emulated_dma_follows_the_tables_and_faults_become_events() {
     let dev_mem = tlb.memory(tq.ram.clone(), true);
     {
         let mut t = s.tables.write().unwrap();
-        t.bypass = false;
+        t.set_bypass(false);
         assert_eq!(t.attach(1, 8, 0).status, p::status::OK);
         assert_eq!(
             t.map(1, 0x4000_0000, 0x4000_0fff, 0x30000, p::MAP_F_READ)

@@ -6,6 +6,23 @@
 //! (UNMAP, DETACH, re-ATTACH) invalidate the endpoints' IOTLBs and the host
 //! backend before the method returns, so the answer to the guest is only
 //! sent once no device can use the old translation any more.
+//!
+//! Hardware endpoints (VFIO-assigned functions) cannot ask for
+//! translations: their DMA goes through the host IOMMU, so the tables keep
+//! the [`HostIommu`] backend equal to what the guest asked for them:
+//!
+//! - in a translated domain, the domain's mappings (MAP/UNMAP mirrored
+//!   synchronously, so an UNMAP is answered only after the host unmap
+//!   returned);
+//! - while bypassing (unattached with the config `bypass` set, or in a
+//!   bypass domain), an identity map of guest RAM ([`Tables::set_guest_ram`]),
+//!   made once when the first hardware endpoint starts bypassing and removed
+//!   when none does any more.
+//!
+//! The MSI window ([`Limits::msi_window`]) is never mapped in the backend:
+//! host interrupt remapping owns it. Every hardware endpoint shares the one
+//! backend (one host address space), so only one of them may be behind the
+//! IOMMU; the VMM enforces that.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -109,12 +126,31 @@ pub struct Tables {
     endpoints: BTreeMap<u32, Endpoint>,
     backend: Option<Arc<dyn HostIommu>>,
     /// The config `bypass` byte: unattached endpoints bypass translation.
-    pub bypass: bool,
+    bypass: bool,
     /// Driver accepted BYPASS_CONFIG (ATTACH may carry the bypass flag).
     pub bypass_config: bool,
     /// Driver accepted the MMIO map flag.
     pub mmio: bool,
     mapped_bytes: u64,
+    /// Guest RAM as `(gpa, len)`: what a bypassing hardware endpoint reaches.
+    guest_ram: Vec<(u64, u64)>,
+    /// Identity ranges `(start, last)` currently mapped in the backend.
+    identity: Vec<(u64, u64)>,
+}
+
+/// The parts of `[start, last]` outside the inclusive `window`, as
+/// inclusive ranges (at most two). Never overflows.
+fn outside(start: u64, last: u64, window: (u64, u64)) -> impl Iterator<Item = (u64, u64)> {
+    let (lo, hi) = window;
+    let (left, right) = if last < lo || start > hi || hi < lo {
+        (Some((start, last)), None)
+    } else {
+        (
+            (start < lo).then(|| (start, lo - 1)),
+            (last > hi).then(|| (hi + 1, last)),
+        )
+    };
+    left.into_iter().chain(right)
 }
 
 fn perm(flags: u32) -> Permissions {
@@ -141,7 +177,131 @@ impl Tables {
             bypass_config: false,
             mmio: false,
             mapped_bytes: 0,
+            guest_ram: Vec::new(),
+            identity: Vec::new(),
         }
+    }
+
+    /// Declares guest RAM as `(gpa, len)` ranges: while a hardware endpoint
+    /// bypasses translation, the backend holds an identity map of them
+    /// (granule aligned, minus the MSI window). Without it, bypassing
+    /// hardware endpoints reach nothing.
+    pub fn set_guest_ram(&mut self, ranges: Vec<(u64, u64)>) {
+        self.unmap_identity();
+        self.guest_ram = ranges;
+        self.sync_identity();
+    }
+
+    /// The config `bypass` byte.
+    pub fn bypass(&self) -> bool {
+        self.bypass
+    }
+
+    /// Sets the config `bypass` byte (driver write with BYPASS_CONFIG):
+    /// unattached endpoints bypass translation while it is set.
+    pub fn set_bypass(&mut self, on: bool) {
+        self.bypass = on;
+        self.sync_identity();
+    }
+
+    /// Bytes of guest RAM identity-mapped in the backend for bypassing
+    /// hardware endpoints.
+    pub fn identity_bytes(&self) -> u64 {
+        self.identity.iter().map(|(s, l)| l - s + 1).sum()
+    }
+
+    /// True when some hardware endpoint bypasses translation.
+    fn hardware_bypasses(&self) -> bool {
+        self.endpoints.values().any(|e| {
+            e.hardware
+                && match e.domain {
+                    None => self.bypass,
+                    Some(d) => self.domains.get(&d).is_some_and(|d| d.bypass),
+                }
+        })
+    }
+
+    /// Guest RAM, granule aligned and without the MSI window, as inclusive
+    /// ranges.
+    fn identity_ranges(&self) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        for &(gpa, len) in &self.guest_ram {
+            let Some(start) = gpa.checked_next_multiple_of(GRANULE) else {
+                continue;
+            };
+            let end = gpa.saturating_add(len) & !(GRANULE - 1);
+            if end <= start {
+                continue;
+            }
+            out.extend(outside(start, end - 1, self.limits.msi_window));
+        }
+        out
+    }
+
+    /// Maps or unmaps the identity map so that it exists exactly while a
+    /// hardware endpoint bypasses translation.
+    fn sync_identity(&mut self) {
+        let Some(b) = self.backend.clone() else {
+            return;
+        };
+        let want = self.hardware_bypasses();
+        let mapped = !self.identity.is_empty();
+        if want == mapped || (want && self.guest_ram.is_empty()) {
+            return;
+        }
+        if !want {
+            self.unmap_identity();
+            return;
+        }
+        let started = std::time::Instant::now();
+        for (s, l) in self.identity_ranges() {
+            // Page-aligned, outside the MSI window: mapped in one piece.
+            match b.map(s, s, l - s + 1, Permissions::ReadWrite) {
+                Ok(()) => self.identity.push((s, l)),
+                Err(e) => tracing::error!("host IOMMU identity map of {s:#x}..={l:#x} failed: {e}"),
+            }
+        }
+        tracing::info!(
+            bytes = self.identity_bytes(),
+            ms = started.elapsed().as_millis() as u64,
+            "host IOMMU: guest RAM identity-mapped for a bypassing hardware endpoint"
+        );
+    }
+
+    fn unmap_identity(&mut self) {
+        let Some(b) = &self.backend else {
+            return;
+        };
+        for (s, l) in std::mem::take(&mut self.identity) {
+            if let Err(e) = b.unmap(s, l - s + 1) {
+                tracing::error!("host IOMMU identity unmap of {s:#x}..={l:#x} failed: {e}");
+            }
+        }
+    }
+
+    /// Mirrors one mapping into the backend, leaving out the MSI window.
+    /// On failure, nothing of it stays mapped.
+    fn backend_map(
+        &self,
+        b: &dyn HostIommu,
+        virt_start: u64,
+        virt_end: u64,
+        phys: u64,
+        flags: u32,
+    ) -> Result<(), crate::backend::BackendError> {
+        let mut done: Vec<(u64, u64)> = Vec::new();
+        for (s, l) in outside(virt_start, virt_end, self.limits.msi_window) {
+            if let Err(e) = b.map(s, phys + (s - virt_start), l - s + 1, perm(flags)) {
+                for (s, l) in done {
+                    if let Err(u) = b.unmap(s, l - s + 1) {
+                        tracing::error!("host IOMMU: cannot roll back {s:#x}..={l:#x}: {u}");
+                    }
+                }
+                return Err(e);
+            }
+            done.push((s, l));
+        }
+        Ok(())
     }
 
     /// The fixed limits.
@@ -160,6 +320,7 @@ impl Tables {
                 hardware,
             },
         );
+        self.sync_identity();
     }
 
     /// Bytes currently mapped over all domains.
@@ -189,6 +350,7 @@ impl Tables {
         self.bypass = true;
         self.bypass_config = false;
         self.mmio = false;
+        self.sync_identity();
     }
 
     fn invalidate(&self, endpoint: u32, range: Option<(u64, u64)>) {
@@ -206,10 +368,11 @@ impl Tables {
             .any(|e| self.endpoints.get(e).is_some_and(|e| e.hardware))
     }
 
-    /// Detaches `ep` from domain `d`, destroying `d` when it empties.
-    /// Returns the bytes unmapped by destroying it.
+    /// Detaches `ep` from domain `d`, destroying `d` when it empties; the
+    /// domain's mappings leave the backend with its last hardware
+    /// endpoint. Returns the bytes unmapped by destroying it. Does not
+    /// touch the identity map (callers sync it).
     fn remove_from_domain(&mut self, ep: u32, d: u32) -> u64 {
-        let hw = self.endpoints.get(&ep).is_some_and(|e| e.hardware);
         if let Some(e) = self.endpoints.get_mut(&ep) {
             e.domain = None;
         }
@@ -217,8 +380,16 @@ impl Tables {
         let Some(dom) = self.domains.get_mut(&d) else {
             return 0;
         };
+        let had_hw = dom
+            .endpoints
+            .iter()
+            .any(|e| self.endpoints.get(e).is_some_and(|e| e.hardware));
         dom.endpoints.remove(&ep);
-        if hw {
+        let still_hw = dom
+            .endpoints
+            .iter()
+            .any(|e| self.endpoints.get(e).is_some_and(|e| e.hardware));
+        if had_hw && !still_hw {
             if let Some(b) = &self.backend {
                 for (&start, m) in &dom.mappings {
                     if let Err(e) = b.unmap(start, m.end - start + 1) {
@@ -260,22 +431,29 @@ impl Tables {
             None => self.invalidate(endpoint, None),
         }
         let hw = self.endpoints[&endpoint].hardware;
+        let had_hw = self
+            .domains
+            .get(&domain)
+            .is_some_and(|d| self.domain_has_hardware(d));
         let dom = self.domains.entry(domain).or_insert_with(|| Domain {
             bypass,
             ..Default::default()
         });
         dom.endpoints.insert(endpoint);
-        if hw {
-            if let Some(b) = &self.backend {
+        if let Some(e) = self.endpoints.get_mut(&endpoint) {
+            e.domain = Some(domain);
+        }
+        // Identity first: leaving bypass must clear the address space
+        // before the domain's mappings go in (and entering it maps RAM).
+        self.sync_identity();
+        if hw && !had_hw {
+            if let (Some(b), Some(dom)) = (&self.backend, self.domains.get(&domain)) {
                 for (&start, m) in &dom.mappings {
-                    if let Err(e) = b.map(start, m.phys, m.end - start + 1, perm(m.flags)) {
+                    if let Err(e) = self.backend_map(&**b, start, m.end, m.phys, m.flags) {
                         tracing::error!("host IOMMU map failed on attach: {e}");
                     }
                 }
             }
-        }
-        if let Some(e) = self.endpoints.get_mut(&endpoint) {
-            e.domain = Some(domain);
         }
         Outcome {
             status: status::OK,
@@ -295,6 +473,7 @@ impl Tables {
             return Outcome::status(status::INVAL);
         }
         let freed = self.remove_from_domain(endpoint, domain);
+        self.sync_identity();
         Outcome {
             status: status::OK,
             bytes: freed,
@@ -342,7 +521,7 @@ impl Tables {
         }
         if self.domain_has_hardware(dom) {
             if let Some(b) = &self.backend {
-                if let Err(e) = b.map(virt_start, phys, len, perm(flags)) {
+                if let Err(e) = self.backend_map(&**b, virt_start, virt_end, phys, flags) {
                     tracing::warn!("host IOMMU map of {virt_start:#x}+{len:#x} failed: {e}");
                     return Outcome::status(status::IOERR);
                 }

@@ -1,5 +1,5 @@
 use super::*;
-use crate::backend::SimulatedBackend;
+use crate::backend::{BackendError, HostIommu, SimulatedBackend};
 use proptest::prelude::*;
 
 const RW: u32 = protocol::MAP_F_READ | protocol::MAP_F_WRITE;
@@ -63,9 +63,9 @@ fn detach_rules() {
     assert_eq!(t.detach(2, 8).status, status::INVAL, "not attached there");
     assert_eq!(t.detach(1, 8).status, status::OK);
     assert_eq!(t.domain_of(8), None);
-    t.bypass = false;
+    t.set_bypass(false);
     assert_eq!(t.translate(8, 0x1000), Err(FaultReason::Domain));
-    t.bypass = true;
+    t.set_bypass(true);
     assert!(t.translate(8, 0x1000).is_ok(), "global bypass");
 }
 
@@ -196,6 +196,160 @@ fn hardware_endpoints_mirror_into_the_backend() {
     assert_eq!(t.translate(8, 0x20000), Err(FaultReason::Mapping));
 }
 
+/// Guest RAM of a 4 GiB VM: 3 GiB below the PCI hole, 1 GiB above 4 GiB.
+const RAM: [(u64, u64); 2] = [(0, 0xc000_0000), (0x1_0000_0000, 0x4000_0000)];
+
+fn hw_tables(b: &Arc<SimulatedBackend>) -> Tables {
+    let mut t = Tables::new(Limits::default(), Some(b.clone()));
+    t.set_guest_ram(RAM.to_vec());
+    t.bypass_config = true;
+    t
+}
+
+fn map_calls(b: &SimulatedBackend) -> u64 {
+    b.map_calls.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[test]
+fn bypass_attach_of_a_hardware_endpoint_maps_guest_ram_identity_once() {
+    let b = Arc::new(SimulatedBackend::default());
+    let mut t = hw_tables(&b);
+    t.set_bypass(false);
+    t.add_endpoint(8, None, true);
+    t.add_endpoint(16, None, false);
+    assert!(b.is_empty(), "unattached without global bypass: no DMA");
+    let bypass = protocol::ATTACH_F_BYPASS;
+    assert_eq!(t.attach(1, 8, bypass).status, status::OK);
+    assert_eq!(
+        b.dma(0x1234_5000, 64, Permissions::Write),
+        Some(0x1234_5000)
+    );
+    assert_eq!(
+        b.dma(0x1_3fff_f000, 0x1000, Permissions::Read),
+        Some(0x1_3fff_f000)
+    );
+    assert_eq!(b.dma(0xc000_0000, 4, Permissions::Read), None, "not RAM");
+    assert_eq!(t.identity_bytes(), 4 << 30);
+    assert_eq!(map_calls(&b), 2, "one host map per RAM range");
+    // Idempotent re-attach, an emulated endpoint joining, MAP refused in
+    // a bypass domain: the host sees nothing new.
+    assert_eq!(t.attach(1, 8, bypass).status, status::OK);
+    assert_eq!(t.attach(1, 16, bypass).status, status::OK);
+    assert_eq!(t.map(1, 0, 0xfff, 0, RW).status, status::INVAL);
+    assert_eq!(map_calls(&b), 2);
+    assert_eq!(t.detach(1, 8).status, status::OK);
+    assert!(b.is_empty(), "detach removes the identity map");
+    assert_eq!(t.identity_bytes(), 0);
+    assert_eq!(
+        b.dma(0x1000, 4, Permissions::Read),
+        None,
+        "device DMA fails once DETACH is answered"
+    );
+}
+
+#[test]
+fn global_bypass_and_domain_moves_keep_the_host_in_step() {
+    let b = Arc::new(SimulatedBackend::default());
+    let mut t = hw_tables(&b);
+    // At reset the config bypass byte is 1: an unattached hardware
+    // endpoint reaches all of RAM, as an emulated one would.
+    t.add_endpoint(8, None, true);
+    assert_eq!(b.dma(0x1000, 8, Permissions::ReadWrite), Some(0x1000));
+    // Into a DMA domain: the identity map goes before the domain's
+    // mappings come in (no clash).
+    assert_eq!(t.attach(2, 8, 0).status, status::OK);
+    assert!(b.is_empty());
+    assert_eq!(t.map(2, 0x10000, 0x10fff, 0x5000, RW).status, status::OK);
+    assert_eq!(b.dma(0x10000, 8, Permissions::Write), Some(0x5000));
+    assert_eq!(b.dma(0x5000, 8, Permissions::Write), None);
+    // Into a bypass domain: domain 2 dies, identity comes back.
+    let calls = map_calls(&b);
+    assert_eq!(t.attach(3, 8, protocol::ATTACH_F_BYPASS).status, status::OK);
+    assert_eq!(b.dma(0x10000, 8, Permissions::Write), Some(0x10000));
+    assert_eq!(map_calls(&b), calls + 2);
+    // Detached with global bypass on: still identity, not remapped.
+    assert_eq!(t.detach(3, 8).status, status::OK);
+    assert_eq!(map_calls(&b), calls + 2);
+    assert_eq!(t.identity_bytes(), 4 << 30);
+    // The driver clears the bypass byte: nothing reachable.
+    t.set_bypass(false);
+    assert!(b.is_empty());
+    // A device reset sets it again.
+    t.reset();
+    assert!(t.bypass());
+    assert_eq!(t.identity_bytes(), 4 << 30);
+    // An emulated-only VM never touches the backend.
+    let b2 = Arc::new(SimulatedBackend::default());
+    let mut t2 = hw_tables(&b2);
+    t2.add_endpoint(8, None, false);
+    assert_eq!(
+        t2.attach(1, 8, protocol::ATTACH_F_BYPASS).status,
+        status::OK
+    );
+    assert_eq!(map_calls(&b2), 0);
+}
+
+#[test]
+fn the_msi_window_never_reaches_the_backend() {
+    let b = Arc::new(SimulatedBackend::default());
+    let mut t = Tables::new(Limits::default(), Some(b.clone()));
+    // RAM across the window (not iovmm's layout, but nothing may rely on it).
+    t.set_guest_ram(vec![(0xfe00_0000, 0x200_0000)]);
+    t.add_endpoint(8, None, true);
+    assert_eq!(
+        b.dma(0xfedf_f000, 0x1000, Permissions::Read),
+        Some(0xfedf_f000)
+    );
+    assert_eq!(b.dma(0xfee0_0000, 4, Permissions::Write), None);
+    assert_eq!(b.dma(0xfeef_fffc, 4, Permissions::Write), None);
+    assert_eq!(b.dma(0xfef0_0000, 4, Permissions::Write), Some(0xfef0_0000));
+    assert_eq!(t.identity_bytes(), 0x200_0000 - 0x10_0000);
+    // A guest MAP over the window is recorded, and mirrored around it.
+    t.set_bypass(false);
+    assert_eq!(t.attach(1, 8, 0).status, status::OK);
+    assert!(b.is_empty());
+    assert_eq!(
+        t.map(1, 0xfed0_0000, 0xfeff_ffff, 0x100_0000, RW).status,
+        status::OK
+    );
+    assert_eq!(b.dma(0xfed0_0000, 4, Permissions::Read), Some(0x100_0000));
+    assert_eq!(b.dma(0xfee0_0000, 4, Permissions::Read), None);
+    assert_eq!(
+        b.dma(0xfef0_0000, 4, Permissions::Read),
+        Some(0x120_0000),
+        "the part after the window keeps its offset"
+    );
+    assert_eq!(t.unmap(1, 0xfed0_0000, 0xfeff_ffff).status, status::OK);
+    assert!(b.is_empty(), "UNMAP removed both pieces before answering");
+    // Wholly inside the window: recorded, nothing mirrored.
+    let calls = map_calls(&b);
+    assert_eq!(t.map(1, 0xfee0_0000, 0xfee0_0fff, 0, RW).status, status::OK);
+    assert_eq!(map_calls(&b), calls);
+}
+
+/// A backend whose unmaps fail, to see the guest told so.
+struct FailingUnmap(SimulatedBackend);
+
+impl HostIommu for FailingUnmap {
+    fn map(&self, iova: u64, gpa: u64, len: u64, p: Permissions) -> Result<(), BackendError> {
+        self.0.map(iova, gpa, len, p)
+    }
+    fn unmap(&self, _iova: u64, _len: u64) -> Result<u64, BackendError> {
+        Err(BackendError::Host("EIO".into()))
+    }
+}
+
+#[test]
+fn unmap_status_reflects_the_host_unmap() {
+    let b = Arc::new(FailingUnmap(SimulatedBackend::default()));
+    let mut t = Tables::new(Limits::default(), Some(b.clone()));
+    t.set_bypass(false);
+    t.add_endpoint(8, None, true);
+    t.attach(1, 8, 0);
+    assert_eq!(t.map(1, 0x1000, 0x1fff, 0x1000, RW).status, status::OK);
+    assert_eq!(t.unmap(1, 0x1000, 0x1fff).status, status::IOERR);
+}
+
 #[test]
 fn reset_forgets_everything() {
     let mut t = tables();
@@ -256,7 +410,7 @@ proptest! {
         for ep in [8, 16, 24] {
             t.add_endpoint(ep, None, false);
         }
-        t.bypass = false;
+        t.set_bypass(false);
         let mut m = Model::default();
         for o in ops {
             match o {

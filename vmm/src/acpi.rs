@@ -263,7 +263,10 @@ impl Writer<'_> {
 pub struct ViotInfo {
     /// Slot of the virtio-iommu device.
     pub iommu_slot: u8,
-    /// Slots of the endpoints behind it.
+    /// Slots of the endpoints behind it: virtio devices with `iommu = on`
+    /// and the VFIO function behind the virtual IOMMU (a hardware
+    /// endpoint; the guest cannot tell it apart, its endpoint ID is its
+    /// BDF like any other).
     pub endpoint_slots: Vec<u8>,
 }
 
@@ -450,6 +453,58 @@ mod tests {
         kinds.sort();
         assert_eq!(kinds, vec![1, 1, 3]);
         assert_eq!(bdfs, vec![(16, 16, 16), (24, 24, 24)]);
+    }
+
+    /// A VM with a virtio disk behind the IOMMU at slot 2, a NIC that
+    /// bypasses it at slot 3 and an assigned VFIO function behind it at
+    /// slot 5: the VIOT has one PCI range per endpoint, each naming exactly
+    /// its BDF and pointing at the virtio-iommu node.
+    #[test]
+    fn viot_lists_a_vfio_endpoint() {
+        let m = mem();
+        let l = MemoryLayout::new(512 << 20);
+        let info = ViotInfo {
+            iommu_slot: 1,
+            endpoint_slots: vec![2, 5],
+        };
+        let rsdp = read(
+            &m,
+            create_acpi_tables(&m, 1, &l, Some(&info)).unwrap().0,
+            36,
+        );
+        let xsdt = table(&m, u64_at(&rsdp, 24), b"XSDT");
+        let v = table(&m, u64_at(&xsdt, 36 + 3 * 8), b"VIOT");
+        let mut off = u16_at(&v, 38) as usize;
+        let mut iommu_node = None;
+        let mut ranges = Vec::new();
+        for _ in 0..u16_at(&v, 36) {
+            match v[off] {
+                3 => iommu_node = Some(off as u16),
+                1 => ranges.push((
+                    u32_at(&v, off + 4),
+                    u16_at(&v, off + 8),
+                    u16_at(&v, off + 12),
+                    u16_at(&v, off + 14),
+                    u16_at(&v, off + 16),
+                )),
+                t => panic!("unexpected VIOT node type {t}"),
+            }
+            off += u16_at(&v, off + 2) as usize;
+        }
+        let iommu = iommu_node.expect("virtio-pci IOMMU node");
+        ranges.sort();
+        assert_eq!(
+            ranges,
+            vec![
+                (2 << 3, 0, 2 << 3, 2 << 3, iommu),
+                (5 << 3, 0, 5 << 3, 5 << 3, iommu)
+            ],
+            "(endpoint ID, segment, first BDF, last BDF, output node)"
+        );
+        assert!(
+            !ranges.iter().any(|r| r.2 == 3 << 3),
+            "the bypassing NIC is not listed"
+        );
     }
 
     #[test]

@@ -55,18 +55,23 @@ impl BuildError {
     }
 }
 
-/// A running VM.
+/// A running VM. It owns everything the VM uses; fields drop in
+/// declaration order, so the devices (VFIO DMA mappings, KVM slots of
+/// assigned BARs) go before guest RAM and the VM fd.
 pub struct RunningVm {
     exit: Arc<ExitSignal>,
     devices: DeviceManager,
     stats: Option<Arc<StatsWriter>>,
     // Kept (never joined) so that their pthread ids stay valid for
-    // SIGUSR1's state dumps.
-    _vcpu_threads: Vec<std::thread::JoinHandle<()>>,
+    // SIGUSR1's state dumps and the kick at shutdown.
+    vcpu_threads: Vec<std::thread::JoinHandle<()>>,
     // Guest RAM must outlive the vCPUs: KVM's memory slots point into it.
     _mem: vm_memory::GuestMemoryMmap,
     _vm: Vm,
 }
+
+/// How long [`RunningVm::shutdown`] waits for the vCPUs to leave KVM_RUN.
+const VCPU_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl RunningVm {
     /// Blocks until the guest powers off, resets or the VMM fails.
@@ -83,6 +88,39 @@ impl RunningVm {
             }
         }
         r
+    }
+
+    /// Stops the VM and releases what outlives the process otherwise:
+    /// the vCPUs are kicked out of KVM_RUN (and waited for, briefly), then
+    /// the devices are torn down (VFIO DMA unmapped, assigned functions
+    /// closed). Call it on every exit path before `std::process::exit`,
+    /// which runs no destructors; dropping the VM does the same.
+    pub fn shutdown(mut self) {
+        self.teardown();
+    }
+
+    fn teardown(&mut self) {
+        // vCPUs return from their loop only once a stop was requested.
+        self.exit.request(ExitReason::Error);
+        let ids: Vec<libc::pthread_t> =
+            self.vcpu_threads.iter().map(|t| t.as_pthread_t()).collect();
+        crate::vstate::vcpu::kick(&ids);
+        let deadline = std::time::Instant::now() + VCPU_STOP_WAIT;
+        while self.vcpu_threads.iter().any(|t| !t.is_finished())
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        if self.vcpu_threads.iter().any(|t| !t.is_finished()) {
+            tracing::warn!("a vCPU did not stop within {VCPU_STOP_WAIT:?}; tearing down anyway");
+        }
+        self.devices.shutdown();
+    }
+}
+
+impl Drop for RunningVm {
+    fn drop(&mut self) {
+        self.teardown();
     }
 }
 
@@ -101,6 +139,7 @@ pub fn build_and_start(cfg: &VmConfig) -> Result<RunningVm, BuildError> {
             cfg.iommu_mode,
             devices.viommu.clone(),
             devices.device_stats.clone(),
+            devices.vfio_stats(),
         ))
     });
     let rsdp = crate::acpi::create_acpi_tables(&mem, cfg.vcpus, &layout, devices.viot.as_ref())
@@ -126,6 +165,7 @@ pub fn build_and_start(cfg: &VmConfig) -> Result<RunningVm, BuildError> {
         memory_mib = cfg.memory >> 20,
         disks = cfg.disks.len(),
         nets = cfg.nets.len(),
+        vfio = cfg.vfio.len(),
         "starting guest"
     );
     crate::vstate::vcpu::install_kick_handler()?;
@@ -140,12 +180,12 @@ pub fn build_and_start(cfg: &VmConfig) -> Result<RunningVm, BuildError> {
         );
     }
     let ids = threads.iter().map(|t| t.as_pthread_t()).collect();
-    crate::stats::spawn_sigusr1_thread(stats.clone(), ids)?;
+    crate::stats::spawn_signal_thread(stats.clone(), ids, exit.clone())?;
     Ok(RunningVm {
         exit,
         devices,
         stats,
-        _vcpu_threads: threads,
+        vcpu_threads: threads,
         _mem: mem,
         _vm: vm,
     })

@@ -15,8 +15,10 @@ use crate::layout;
 
 pub mod file;
 pub mod iommu;
+pub mod vfio;
 
 pub use iommu::IommuMode;
+pub use vfio::{VfioConfig, VfioSpec};
 
 /// Most vCPUs a VM may have.
 pub const MAX_VCPUS: u8 = 16;
@@ -205,6 +207,8 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// virtio-net devices, in PCI order.
     pub nets: Vec<NetConfig>,
+    /// Assigned host PCI functions, in PCI order after the virtio devices.
+    pub vfio: Vec<VfioConfig>,
     /// IOMMU policy. The default is `strict` when a device has
     /// `iommu = true`, `off` otherwise.
     pub iommu_mode: IommuMode,
@@ -286,6 +290,8 @@ pub struct ConfigLayer {
     pub disks: Option<Vec<DiskSpec>>,
     /// Network devices; a layer that sets them replaces the whole list.
     pub nets: Option<Vec<NetSpec>>,
+    /// Assigned host functions; a layer that sets them replaces the list.
+    pub vfio: Option<Vec<VfioSpec>>,
     /// IOMMU policy.
     pub iommu_mode: Option<IommuMode>,
     /// Stats output file.
@@ -320,6 +326,7 @@ impl ConfigLayer {
             serial_stdin,
             disks: top.disks.or(self.disks),
             nets: top.nets.or(self.nets),
+            vfio: top.vfio.or(self.vfio),
             iommu_mode: top.iommu_mode.or(self.iommu_mode),
             stats_file: top.stats_file.or(self.stats_file),
         }
@@ -348,22 +355,28 @@ impl ConfigLayer {
         )?;
         let disks = build_disks(self.disks.unwrap_or_default())?;
         let nets = build_nets(self.nets.unwrap_or_default())?;
-        if disks.len() + nets.len() > MAX_PCI_DEVICES {
-            return Err(ConfigError::new(
-                format!(
-                    "{} disks and {} network devices exceed the {MAX_PCI_DEVICES} PCI slots of bus 0",
-                    disks.len(),
-                    nets.len()
-                ),
-                "remove some [[disk]]/[[net]] entries",
-            ));
-        }
-        let any_iommu = disks.iter().any(|d| d.iommu) || nets.iter().any(|n| n.iommu);
+        let vfio_specs = self.vfio.unwrap_or_default();
+        let any_iommu = disks.iter().any(|d| d.iommu)
+            || nets.iter().any(|n| n.iommu)
+            || vfio::any_explicit_iommu(&vfio_specs);
         let iommu_mode = self.iommu_mode.unwrap_or(if any_iommu {
             IommuMode::Strict
         } else {
             IommuMode::Off
         });
+        let vfio = vfio::build_vfio(vfio_specs, iommu_mode)?;
+        let viommu = usize::from(iommu_mode != IommuMode::Off);
+        if disks.len() + nets.len() + vfio.len() + viommu > MAX_PCI_DEVICES {
+            return Err(ConfigError::new(
+                format!(
+                    "{} disks, {} network devices, {} VFIO devices and {viommu} virtual IOMMU exceed the {MAX_PCI_DEVICES} PCI slots of bus 0",
+                    disks.len(),
+                    nets.len(),
+                    vfio.len()
+                ),
+                "remove some [[disk]]/[[net]]/[[vfio]] entries",
+            ));
+        }
         Ok(VmConfig {
             vcpus,
             memory,
@@ -374,6 +387,7 @@ impl ConfigLayer {
             serial,
             disks,
             nets,
+            vfio,
             iommu_mode,
             stats_file: self.stats_file,
         })

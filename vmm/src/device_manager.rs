@@ -1,5 +1,10 @@
 //! Creates the VM's devices and wires them to the buses, KVM interrupts
 //! and the PCI root.
+//!
+//! PCI order: the virtio-iommu (when the IOMMU mode is not `off`), the
+//! disks, the NICs, then the assigned VFIO functions ([`vfio`]).
+
+pub mod vfio;
 
 use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
@@ -19,6 +24,8 @@ use devices::virtio::pci_transport::VirtioPciDevice;
 use devices::virtio::VirtioDevice;
 use viommu::device::{IommuState, VirtioIommu};
 use viommu::tables::{Limits, Tables};
+
+use self::vfio::{VfioDevices, VfioStats, Wiring};
 
 use crate::acpi::ViotInfo;
 use crate::config::IommuMode;
@@ -48,6 +55,15 @@ pub enum DeviceError {
         /// Tap name.
         tap: String,
         /// The error.
+        err: String,
+    },
+    /// A host PCI function cannot be assigned (not bound to vfio-pci, group
+    /// not viable or busy, no IOMMU, memory limits, ...).
+    #[error("vfio {device}: {err}")]
+    Vfio {
+        /// The function's PCI address.
+        device: String,
+        /// The problem and its fix, one line.
         err: String,
     },
     /// Bus or PCI wiring failed (a VMM bug, not user input).
@@ -82,6 +98,8 @@ pub struct DeviceManager {
     pub viot: Option<ViotInfo>,
     /// Counters of the virtio devices, by name (vda…, net0…).
     pub device_stats: Vec<(String, DeviceStats)>,
+    /// Assigned host PCI functions and their VFIO containers.
+    pub vfio: VfioDevices,
 }
 
 /// Counters of one virtio device.
@@ -186,7 +204,11 @@ impl DeviceManager {
         )
         .map_err(wiring)?;
 
+        let mut mmio32 = AddressAllocator::new(layout::PCI_MMIO32_START, layout::PCI_MMIO32_SIZE);
         let mut mmio64 = AddressAllocator::new(layout.mmio64.start, layout.mmio64.len);
+        // Assigned functions are checked and opened first: their problems
+        // are the likeliest, and the viommu needs their DMA backend.
+        let mut vfio = VfioDevices::open(vm, &cfg.vfio, mem)?;
         let viommu = match cfg.iommu_mode {
             IommuMode::Off => None,
             _ => {
@@ -194,7 +216,13 @@ impl DeviceManager {
                     msi_window: (layout::APIC_START, layout::APIC_START + 0xf_ffff),
                     ..Limits::default()
                 };
-                Some(IommuState::new(Tables::new(limits, None)).map_err(wiring)?)
+                let backend = vfio.viommu_backend();
+                let hardware = backend.is_some();
+                let mut tables = Tables::new(limits, backend);
+                if hardware {
+                    tables.set_guest_ram(layout.ram.iter().map(|r| (r.start, r.len)).collect());
+                }
+                Some(IommuState::new(tables).map_err(wiring)?)
             }
         };
         // Returns the slot and whether the device sits behind the viommu.
@@ -260,6 +288,15 @@ impl DeviceManager {
                 endpoint_slots.push(slot);
             }
         }
+        endpoint_slots.extend(vfio.attach(Wiring {
+            pci: &pci,
+            mmio32: &mut mmio32,
+            mmio64: &mut mmio64,
+            router,
+            slots: vm.mmio_slots(),
+            viommu: viommu.as_ref(),
+        })?);
+        vfio.map_identity()?;
         let viot = iommu_slot.map(|iommu_slot| ViotInfo {
             iommu_slot,
             endpoint_slots,
@@ -272,7 +309,27 @@ impl DeviceManager {
             viommu,
             viot,
             device_stats,
+            vfio,
         })
+    }
+
+    /// The VFIO counters for the stats file (`None` without assigned
+    /// functions).
+    pub fn vfio_stats(&self) -> Option<VfioStats> {
+        self.vfio.stats()
+    }
+
+    /// Teardown before the process exits (`std::process::exit` runs no
+    /// destructors): removes every VFIO DMA mapping, then closes the
+    /// assigned functions. Idempotent; also run on drop.
+    pub fn shutdown(&mut self) {
+        self.vfio.shutdown();
+    }
+}
+
+impl Drop for DeviceManager {
+    fn drop(&mut self) {
+        self.shutdown();
     }
 }
 

@@ -2,7 +2,12 @@
 //! the guest powers off, and turn the outcome into an exit code.
 //!
 //! Exit codes: 0 guest powered off, 1 VMM failure, 2 usage or
-//! configuration error, 3 guest reset/reboot, 4 guest crash.
+//! configuration error, 3 guest reset/reboot, 4 guest crash, 128 + the
+//! signal number when stopped by SIGTERM (143) or SIGINT (130).
+//!
+//! Every path out of a built VM goes through [`builder::RunningVm::shutdown`]
+//! before `std::process::exit` (which runs no destructors): VFIO DMA
+//! mappings are removed and assigned functions closed explicitly.
 
 use devices::legacy::ExitReason;
 use vmm::builder;
@@ -17,6 +22,7 @@ fn exit_code(reason: ExitReason) -> i32 {
         ExitReason::Error => 1,
         ExitReason::Reset => 3,
         ExitReason::Crash => 4,
+        ExitReason::Terminated => 128 + vmm::stats::stop_signal().unwrap_or(libc::SIGTERM),
     }
 }
 
@@ -35,9 +41,10 @@ fn main() {
     let Command::Run { config, log_level } =
         cli::parse_and_build(std::env::args_os()).unwrap_or_else(|e| e.exit());
     init_logging(&log_level);
-    // Only the SIGUSR1 thread (stats, vCPU state dumps) takes SIGUSR1;
-    // every thread started from here on inherits the blocked mask.
-    vmm::stats::block_sigusr1();
+    // Only the signal thread takes SIGUSR1 (stats, vCPU state dumps) and
+    // SIGTERM/SIGINT (clean stop); every thread started from here on
+    // inherits the blocked mask.
+    vmm::stats::block_signals();
     let vm = match builder::build_and_start(&config) {
         Ok(vm) => vm,
         Err(e) => {
@@ -47,5 +54,6 @@ fn main() {
     };
     let reason = vm.wait();
     tracing::info!(?reason, "guest stopped");
+    vm.shutdown();
     std::process::exit(exit_code(reason));
 }

@@ -1,17 +1,26 @@
 //! The VM's counters as one JSON document, written to `--stats-file` when
 //! the VM stops and whenever the process receives SIGUSR1 (which also
-//! makes every vCPU log its registers, for diagnosing a hung guest).
+//! makes every vCPU log its registers, for diagnosing a hung guest), and
+//! the thread that serves the process's signals: SIGUSR1, and SIGTERM /
+//! SIGINT, which stop the VM through the normal exit path (stats written,
+//! VFIO DMA unmapped) instead of killing the process.
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use devices::legacy::{ExitReason, ExitSignal};
 use serde_json::json;
 use viommu::device::IommuState;
 
 use crate::config::IommuMode;
+use crate::device_manager::vfio::VfioStats;
 use crate::device_manager::DeviceStats;
+
+/// The SIGTERM/SIGINT that stopped the VM (0: none yet).
+static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
 
 /// Collects and writes the counters of one VM.
 pub struct StatsWriter {
@@ -19,6 +28,7 @@ pub struct StatsWriter {
     mode: IommuMode,
     viommu: Option<Arc<IommuState>>,
     devices: Vec<(String, DeviceStats)>,
+    vfio: Option<VfioStats>,
     started: Instant,
 }
 
@@ -29,12 +39,14 @@ impl StatsWriter {
         mode: IommuMode,
         viommu: Option<Arc<IommuState>>,
         devices: Vec<(String, DeviceStats)>,
+        vfio: Option<VfioStats>,
     ) -> Self {
         StatsWriter {
             path,
             mode,
             viommu,
             devices,
+            vfio,
             started: Instant::now(),
         }
     }
@@ -50,6 +62,7 @@ impl StatsWriter {
                 .iter()
                 .map(|(name, s)| (name.clone(), s.to_json()))
                 .collect::<serde_json::Map<_, _>>(),
+            "vfio": self.vfio.as_ref().map(VfioStats::to_json),
         })
     }
 
@@ -62,45 +75,70 @@ impl StatsWriter {
     }
 }
 
-fn sigusr1_set() -> libc::sigset_t {
+/// The signals the signal thread serves.
+fn served_set() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it
     // fully before use and only write to the local.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGUSR1);
+        for sig in [libc::SIGUSR1, libc::SIGTERM, libc::SIGINT] {
+            libc::sigaddset(&mut set, sig);
+        }
         set
     }
 }
 
-/// Blocks SIGUSR1 in the calling thread (and the threads it creates later),
-/// so that only the stats thread receives it. Call before starting vCPUs.
-pub fn block_sigusr1() {
-    let set = sigusr1_set();
+/// Blocks SIGUSR1, SIGTERM and SIGINT in the calling thread (and the
+/// threads it creates later), so that only the signal thread receives
+/// them. Call before building the VM: a SIGTERM during the build then
+/// waits for the signal thread and stops the VM cleanly.
+pub fn block_signals() {
+    let set = served_set();
     // SAFETY: `set` is a valid, initialised sigset; the old mask is not
     // requested (null).
     let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     if r != 0 {
-        tracing::warn!("cannot block SIGUSR1: {}", io::Error::from_raw_os_error(r));
+        tracing::warn!("cannot block signals: {}", io::Error::from_raw_os_error(r));
     }
 }
 
-/// Starts the thread that serves SIGUSR1: every vCPU in `vcpus` logs its
-/// registers, then the stats (if a file is configured) are written.
-pub fn spawn_sigusr1_thread(
+/// The SIGTERM or SIGINT that stopped the VM, if one did.
+pub fn stop_signal() -> Option<i32> {
+    Some(STOP_SIGNAL.load(Ordering::SeqCst)).filter(|&s| s != 0)
+}
+
+/// Starts the thread that serves the signals blocked by
+/// [`block_signals`]. SIGUSR1: every vCPU in `vcpus` logs its registers,
+/// then the stats (if a file is configured) are written. SIGTERM/SIGINT:
+/// the VM stops with [`ExitReason::Terminated`] (a second one exits at
+/// once, in case the teardown hangs).
+pub fn spawn_signal_thread(
     writer: Option<Arc<StatsWriter>>,
     vcpus: Vec<libc::pthread_t>,
+    exit: Arc<ExitSignal>,
 ) -> io::Result<()> {
     std::thread::Builder::new()
-        .name("sigusr1".into())
+        .name("signals".into())
         .spawn(move || loop {
-            let set = sigusr1_set();
+            let set = served_set();
             let mut sig: libc::c_int = 0;
             // SAFETY: `set` is initialised and `sig` is a valid out pointer.
             let r = unsafe { libc::sigwait(&set, &mut sig) };
             if r != 0 {
                 tracing::warn!("sigwait failed: {}", io::Error::from_raw_os_error(r));
                 return;
+            }
+            if sig != libc::SIGUSR1 {
+                if STOP_SIGNAL.swap(sig, Ordering::SeqCst) != 0 {
+                    eprintln!("iovmm: second stop signal: exiting without teardown");
+                    // SAFETY: _exit ends the process at once; nothing of
+                    // this process is used afterwards.
+                    unsafe { libc::_exit(128 + sig) };
+                }
+                tracing::warn!(signal = sig, "stop requested by signal: stopping the VM");
+                exit.request(ExitReason::Terminated);
+                continue;
             }
             crate::vstate::vcpu::request_state_dump(&vcpus);
             let Some(writer) = &writer else { continue };
@@ -117,19 +155,57 @@ mod tests {
     use super::*;
 
     #[test]
-    fn writes_json_with_the_viommu_counters() {
+    fn writes_json_with_the_viommu_and_vfio_counters() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.json");
         let state = IommuState::new(viommu::tables::Tables::new(Default::default(), None)).unwrap();
         state.stats.record(2, 0, 0x2000, 0x2000, 10);
-        let w = StatsWriter::new(path.clone(), IommuMode::Strict, Some(state), Vec::new());
+        let w = StatsWriter::new(
+            path.clone(),
+            IommuMode::Strict,
+            Some(state),
+            Vec::new(),
+            None,
+        );
         w.write().unwrap();
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!(v["iommu_mode"], "strict");
         assert_eq!(v["viommu"]["requests"]["map"], 1);
         assert_eq!(v["viommu"]["pages_mapped"], 2);
-        let off = StatsWriter::new(path.clone(), IommuMode::Off, None, Vec::new());
+        assert!(v["vfio"].is_null(), "no assigned functions");
+        struct Nop;
+        impl vfio_passthrough::dma::DmaMapper for Nop {
+            unsafe fn map_dma(&self, _: u64, _: u64, _: u64, _: bool, _: bool) -> io::Result<()> {
+                Ok(())
+            }
+            fn unmap_dma(&self, _: u64, len: u64) -> io::Result<u64> {
+                Ok(len)
+            }
+        }
+        let mem = vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(
+            vm_memory::GuestAddress(0),
+            0x10_0000,
+        )])
+        .unwrap();
+        let backend = Arc::new(vfio_passthrough::VfioBackend::new(
+            Arc::new(Nop),
+            Arc::new(mem),
+        ));
+        backend.map_all_guest_ram(|_, _| {}).unwrap();
+        let vfio = VfioStats::new(
+            vec![("0000:03:00.0".into(), false, 2)],
+            vec![("identity", backend)],
+        );
+        let w = StatsWriter::new(path.clone(), IommuMode::Off, None, Vec::new(), Some(vfio));
+        w.write().unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(v["vfio"]["devices"][0]["host"], "0000:03:00.0");
+        assert_eq!(v["vfio"]["dma"]["identity"]["map"]["calls"], 1);
+        assert_eq!(v["vfio"]["dma"]["identity"]["map"]["bytes"], 0x10_0000);
+        assert_eq!(v["vfio"]["dma"]["identity"]["mapped_bytes"], 0x10_0000);
+        let off = StatsWriter::new(path.clone(), IommuMode::Off, None, Vec::new(), None);
         off.write().unwrap();
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();

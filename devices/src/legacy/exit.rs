@@ -17,6 +17,8 @@ pub enum ExitReason {
     Crash = 3,
     /// The VMM failed (KVM error, unexpected exit).
     Error = 4,
+    /// The VMM was asked to stop (SIGTERM or SIGINT).
+    Terminated = 5,
 }
 
 impl ExitReason {
@@ -26,6 +28,7 @@ impl ExitReason {
             2 => ExitReason::Reset,
             3 => ExitReason::Crash,
             4 => ExitReason::Error,
+            5 => ExitReason::Terminated,
             _ => return None,
         })
     }

@@ -146,6 +146,34 @@ impl PciRoot {
         Ok(slot)
     }
 
+    /// Takes the device out of `slot` (never the host bridge): its BARs
+    /// leave the buses and its ioeventfds are unregistered, so no guest
+    /// access reaches it any more. Returns it, so that the caller can drop
+    /// the last reference (the buses and the root otherwise keep it alive
+    /// for the life of the process).
+    pub fn remove_device(&mut self, slot: u8) -> Option<SharedPciDevice> {
+        if slot == 0 {
+            return None;
+        }
+        let dev = self.slots.get_mut(usize::from(slot))?.take()?;
+        let d = lock(&dev);
+        let bars = d.bars();
+        for (bar, off, fd) in d.ioeventfds() {
+            if let Some(b) = bars.iter().find(|b| b.index == bar) {
+                if let Err(e) = self.ioevents.unregister(b.addr + off, fd) {
+                    tracing::warn!("PCI: cannot unregister ioeventfd: {e}");
+                }
+            }
+        }
+        for b in &bars {
+            if let Err(e) = self.bus_for(b.kind).remove(b.addr) {
+                tracing::warn!("PCI: removing BAR {} of slot {slot}: {e}", b.index);
+            }
+        }
+        drop(d);
+        Some(dev)
+    }
+
     /// Reads configuration register `reg` of 00:`dev`.`func`; absent
     /// functions read as all ones.
     pub fn config_read(&self, bus: u8, dev: u8, func: u8, reg: usize) -> u32 {
@@ -434,6 +462,21 @@ mod tests {
             ev.0.lock().unwrap()[1..],
             [(false, 0xc000_0010), (true, 0xd000_0010)]
         );
+    }
+
+    #[test]
+    fn removed_devices_are_unreachable_and_released() {
+        let (root, mmio, ev) = setup();
+        let mut r = root.lock().unwrap();
+        assert!(r.remove_device(0).is_none(), "the host bridge stays");
+        assert!(r.remove_device(2).is_none());
+        let dev = r.remove_device(1).unwrap();
+        assert_eq!(Arc::strong_count(&dev), 1, "the buses let go of it");
+        let mut b = [0u8; 1];
+        assert!(!mmio.read(0xc000_0004, &mut b));
+        assert_eq!(ev.0.lock().unwrap()[1..], [(false, 0xc000_0010)]);
+        assert_eq!(r.config_read(0, 1, 0, 0), u32::MAX);
+        assert_eq!(r.next_slot(), Some(1));
     }
 
     #[test]

@@ -21,6 +21,9 @@
 //! tap = "tap0"
 //! mac = "52:54:00:12:34:56"
 //! iommu = false
+//! [[vfio]]
+//! device = "0000:03:00.0"      # or "/sys/bus/pci/devices/0000:03:00.0"
+//! iommu = true                 # default: true unless [iommu] mode = "off"
 //! ```
 //!
 //! The file is parsed into a generic TOML table and then walked section by
@@ -33,7 +36,7 @@ use toml::{Table, Value};
 
 use super::{
     parse_mac, parse_size, resolve, ConfigError, ConfigLayer, DiskSpec, IommuMode, MemoryBacking,
-    NetSpec, SerialOutput,
+    NetSpec, SerialOutput, VfioSpec,
 };
 
 const MACHINE_KEYS: &[&str] = &["vcpus", "memory", "memory_backing"];
@@ -41,6 +44,7 @@ const KERNEL_KEYS: &[&str] = &["path", "initramfs", "cmdline"];
 const SERIAL_KEYS: &[&str] = &["output", "stdin"];
 const DISK_KEYS: &[&str] = &["path", "readonly", "id", "iommu"];
 const NET_KEYS: &[&str] = &["tap", "mac", "iommu"];
+const VFIO_KEYS: &[&str] = &["device", "iommu"];
 const IOMMU_KEYS: &[&str] = &["mode"];
 const STATS_KEYS: &[&str] = &["file"];
 
@@ -126,6 +130,14 @@ fn parse_table(table: &Table, base: &Path) -> Result<ConfigLayer, ConfigError> {
                 }
                 layer.nets = Some(nets);
             }
+            "vfio" => {
+                let mut vfio = Vec::new();
+                for (i, v) in array_of_tables("vfio", value)?.iter().enumerate() {
+                    let name = format!("[[vfio]] #{}", i + 1);
+                    vfio.push(parse_vfio(&Section::new(&name, v, VFIO_KEYS)?)?);
+                }
+                layer.vfio = Some(vfio);
+            }
             "iommu" => {
                 let s = Section::new("[iommu]", value, IOMMU_KEYS)?;
                 layer.iommu_mode = s
@@ -141,7 +153,7 @@ fn parse_table(table: &Table, base: &Path) -> Result<ConfigLayer, ConfigError> {
             other => {
                 return Err(ConfigError::new(
                     format!("unknown section `{other}`"),
-                    "valid sections are [machine], [kernel], [serial], [iommu], [stats], [[disk]], [[net]]",
+                    "valid sections are [machine], [kernel], [serial], [iommu], [stats], [[disk]], [[net]], [[vfio]]",
                 ))
             }
         }
@@ -320,6 +332,16 @@ fn parse_net(s: &Section<'_>) -> Result<NetSpec, ConfigError> {
     })
 }
 
+fn parse_vfio(s: &Section<'_>) -> Result<VfioSpec, ConfigError> {
+    let device = s.string("device", "\"0000:03:00.0\"")?;
+    let device = s.required("device", device, "\"0000:03:00.0\"")?;
+    super::vfio::parse_address(device).map_err(|e| s.wrap("device", e))?;
+    Ok(VfioSpec {
+        device: device.to_string(),
+        iommu: s.boolean("iommu")?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -383,6 +405,35 @@ iommu = true
         assert_eq!(nets[0].mac, Some([0x52, 0x54, 0, 0xaa, 0xbb, 0xcc]));
         assert_eq!(nets[1].mac, None);
         assert!(nets[1].iommu);
+    }
+
+    #[test]
+    fn vfio_sections() {
+        let l = parse(
+            "[[vfio]]\ndevice = \"0000:03:00.0\"\n[[vfio]]\ndevice = \"/sys/bus/pci/devices/0000:04:00.0\"\niommu = false\n",
+            "vm.toml",
+            Path::new("/cfg"),
+        )
+        .unwrap();
+        let v = l.vfio.unwrap();
+        assert_eq!(v[0].device, "0000:03:00.0");
+        assert_eq!(v[0].iommu, None);
+        assert_eq!(v[1].device, "/sys/bus/pci/devices/0000:04:00.0");
+        assert_eq!(v[1].iommu, Some(false));
+        assert_eq!(
+            err("[[vfio]]\niommu = true\n"),
+            "config vm.toml: [[vfio]] #1 has no device: add device = \"0000:03:00.0\""
+        );
+        let e = err("[[vfio]]\ndevice = \"03:00\"\n");
+        assert!(
+            e.starts_with("config vm.toml: [[vfio]] #1 device: VFIO device `03:00` is not a PCI function address: write DDDD:BB:DD.F"),
+            "{e}"
+        );
+        assert!(err("[[vfio]]\ndevice = \"03:00.0\"\nbdf = 1\n")
+            .contains("unknown key `bdf` in [[vfio]] #1: valid keys are device, iommu"));
+        assert!(err("[[vfio]]\ndevice = \"03:00.0\"\niommu = \"on\"\n")
+            .contains("[[vfio]] #1 iommu must be true or false, not a string"));
+        assert!(err("[vfio]\ndevice = \"03:00.0\"\n").contains("`vfio` must be an array of tables"));
     }
 
     #[test]

@@ -75,7 +75,7 @@ fn defaults() {
     assert_eq!(c.cmdline, "console=ttyS0");
     assert_eq!(c.serial, SerialConfig::Stdout { stdin: false });
     assert_eq!(c.initramfs, None);
-    assert!(c.disks.is_empty() && c.nets.is_empty());
+    assert!(c.disks.is_empty() && c.nets.is_empty() && c.vfio.is_empty());
 }
 
 #[test]
@@ -370,6 +370,37 @@ fn too_many_devices() {
     let mut l = f.layer();
     l.nets = Some((0..32).map(|i| net(&format!("tap{i}"))).collect());
     fails(l, &["exceed the 31 PCI slots"]);
+}
+
+#[test]
+fn vfio_entries_count_against_pci_slots_and_follow_the_mode() {
+    let f = Fixture::new();
+    let vfio = |d: &str, iommu: Option<bool>| VfioSpec {
+        device: d.into(),
+        iommu,
+    };
+    let mut l = f.layer();
+    l.nets = Some((0..30).map(|i| net(&format!("tap{i}"))).collect());
+    l.vfio = Some(vec![vfio("03:00.0", Some(true))]);
+    // 30 NICs + 1 VFIO device + the virtual IOMMU its iommu=on implies.
+    fails(
+        l.clone(),
+        &["0 disks, 30 network devices, 1 VFIO devices and 1 virtual IOMMU exceed the 31 PCI slots"],
+    );
+    l.vfio = Some(vec![vfio("03:00.0", None)]);
+    let c = l.build().unwrap();
+    assert_eq!(c.iommu_mode, IommuMode::Off);
+    assert!(!c.vfio[0].iommu, "no virtual IOMMU: identity DMA");
+    let mut l = f.layer();
+    l.iommu_mode = Some(IommuMode::Lazy);
+    l.vfio = Some(vec![vfio("03:00.0", None), vfio("03:00.1", Some(false))]);
+    let c = l.clone().build().unwrap();
+    assert_eq!(
+        c.vfio.iter().map(|v| v.iommu).collect::<Vec<_>>(),
+        vec![true, false]
+    );
+    l.vfio = Some(vec![vfio("0000:03:00.0", None), vfio("3:00.0", None)]);
+    fails(l, &["VFIO device 0000:03:00.0 is given twice"]);
 }
 
 #[test]

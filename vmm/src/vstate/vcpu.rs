@@ -104,6 +104,16 @@ pub fn request_state_dump(threads: &[libc::pthread_t]) {
     }
 }
 
+/// Kicks every vCPU thread in `threads` out of KVM_RUN (they return from
+/// their run loop once an exit was requested).
+pub fn kick(threads: &[libc::pthread_t]) {
+    for &t in threads {
+        // SAFETY: as in `request_state_dump`: the ids stay valid (the
+        // handles are kept, never joined) and the signal has a handler.
+        unsafe { libc::pthread_kill(t, kick_signal()) };
+    }
+}
+
 /// Flat GDT: null, 64-bit code, data, TSS, 32-bit code.
 const GDT: [u64; 5] = [
     0,
