@@ -1,3 +1,7 @@
 //! Microbenchmarks and the application benchmark harness of iovmm.
 //!
-//! Empty on purpose for now: the harness arrives with the measurement work.
+//! For now it holds [`report`], which turns the per-mode `LAB-ROW` lines of a
+//! lab run into a CSV file, SVG charts and a text table (the `iovmm-report`
+//! binary).
+
+pub mod report;
