@@ -1,8 +1,12 @@
-# Shared L1 part of the viommu-<mode> scenarios; the scenario sets MODE.
-# L2 gets virtio-blk and virtio-net behind the virtual IOMMU; 16 MiB move
-# each way over the network and through the disk; the VMM's stats are
-# checked for the shape the mode implies.
-make_tap tap0 10.99.0.1/24 || check net-setup 0 "cannot create tap0"
+# Shared L1 part of the viommu-<mode> scenarios (and of the `modes` demo,
+# which runs it once per mode); the caller sets MODE.
+# L2 gets virtio-blk and virtio-net behind the virtual IOMMU (none for
+# MODE=off); 16 MiB move each way over the network and through the disk;
+# the VMM's stats are checked for the shape the mode implies, and one
+# LAB-ROW line sums the run up for the demo's table.
+[ -e /sys/class/net/tap0 ] || make_tap tap0 10.99.0.1/24 || check net-setup 0 "cannot create tap0"
+killall nc 2>/dev/null
+rm -f /tmp/stats.json /tmp/rx.bin
 MIB=$(arg mib); MIB=${MIB:-16}
 # Disk: $MIB MiB of random data, then room for L2 to write $MIB MiB at 20 MiB.
 dd if=/dev/urandom of=/tmp/disk.img bs=1M count=$MIB 2>/dev/null
@@ -31,7 +35,32 @@ stat() {
     (sec == "\"\"" || insec) && $1 == key":" { gsub(/[,]/, "", $2); print $2; exit }
   ' /tmp/stats.json
 }
-if [ "$VMM" = qemu ]; then
+# jpath a.b.c: a value from the pretty-printed stats JSON.
+jpath() {
+  awk -v want="$1" '
+    { l = $0; sub(/^[ \t]+/, "", l) }
+    l ~ /^"[^"]*": \{/ { k = l; sub(/^"/, "", k); sub(/".*/, "", k); path[++d] = k; next }
+    l ~ /^[}\]]/ { if (d > 0) d--; next }
+    l ~ /^"[^"]*": / {
+      k = l; sub(/^"/, "", k); sub(/".*/, "", k); v = l; sub(/^"[^"]*": /, "", v); sub(/,$/, "", v)
+      p = ""; for (i = 1; i <= d; i++) p = p path[i] "."
+      if (p k == want) { print v; exit }
+    }' /tmp/stats.json 2>/dev/null
+}
+L1L2=$(sed -n 's/.*LAB-L2 timing l1_to_l2_s=\([0-9.]*\).*/\1/p' /tmp/l2.log | head -1)
+L2L1=$(sed -n 's/.*LAB-L2 timing.* l2_to_l1_s=\([0-9.]*\).*/\1/p' /tmp/l2.log | head -1)
+ROW="LAB-ROW mode=$MODE mib=$MIB l1_to_l2_s=$L1L2 l2_to_l1_s=$L2L1"
+if [ -f /tmp/stats.json ]; then
+  for f in map:viommu.requests.map unmap:viommu.requests.unmap notifications:viommu.notifications \
+      unmap_batches:viommu.unmap_batches map_p50_ns:viommu.latency.map.p50_ns \
+      unmap_p50_ns:viommu.latency.unmap.p50_ns faults:viommu.faults; do
+    v=$(jpath "${f#*:}"); [ -n "$v" ] && ROW="$ROW ${f%%:*}=$v"
+  done
+fi
+[ "$L2_EXIT" = 0 ] && echo "$ROW"
+if [ "$MODE" = off ]; then
+  check stats-shape 1 "not applicable: no virtual IOMMU"
+elif [ "$VMM" = qemu ]; then
   check stats-shape 1 "not applicable: QEMU writes no iovmm stats"
 elif [ -f /tmp/stats.json ]; then
   echo "LAB-STATS-BEGIN"; cat /tmp/stats.json; echo "LAB-STATS-END"
