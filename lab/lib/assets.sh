@@ -64,8 +64,8 @@ lab_cpio() {
   (cd "$1" && find . | cpio -o -H newc 2>/dev/null | gzip -1 > "$2.tmp") && mv "$2.tmp" "$2"
 }
 
-L1_MODULES="irqbypass kvm ccp kvm-amd netfs 9pnet 9pnet_virtio 9p tun vfio vfio_iommu_type1 vfio-pci-core vfio-pci"
-L2_MODULES="virtio-iommu failover net_failover virtio_net virtio_blk"
+L1_MODULES="irqbypass kvm ccp kvm-amd netfs 9pnet 9pnet_virtio 9p tun vfio vfio_iommu_type1 vfio-pci-core vfio-pci e1000e"
+L2_MODULES="virtio-iommu failover net_failover virtio_net virtio_blk e1000e"
 
 # Builds the L1 image (generic) and the L2 image of scenario $1.
 lab_images() {

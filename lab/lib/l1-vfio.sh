@@ -1,0 +1,68 @@
+# Shared L1 part of the vfio-<mode> scenarios; the scenario sets MODE.
+# L1 has two e1000e NICs on one QEMU hub (lab/run adds them, and VT-d is
+# on): it keeps 52:54:00:12:00:01 as 10.99.1.1 and binds the other to
+# vfio-pci; iovmm assigns that one to L2, whose stock e1000e driver brings
+# it up as 10.99.1.2. L2 runs twice in this L1 (teardown must leave the
+# device reusable); each run moves $MIB MiB each way with checksums.
+MIB=$(arg mib); MIB=${MIB:-16}
+NICS=$(for d in /sys/bus/pci/devices/*; do
+  [ "$(cat $d/vendor):$(cat $d/device)" = 0x8086:0x10d3 ] && basename $d; done | sort)
+HOSTBDF=$(echo "$NICS" | sed -n 1p); BDF=$(echo "$NICS" | sed -n 2p)
+[ -n "$BDF" ] || check vfio-bind 0 "two e1000e expected, found: $NICS"
+echo vfio-pci > /sys/bus/pci/devices/$BDF/driver_override
+echo "$BDF" > /sys/bus/pci/drivers_probe
+insmod /lib/modules/e1000e.ko || echo "LAB-L1 warning: insmod e1000e failed"
+sleep 1
+GROUP=$(basename "$(readlink /sys/bus/pci/devices/$BDF/iommu_group)")
+DRV=$(basename "$(readlink /sys/bus/pci/devices/$BDF/driver)")
+[ "$DRV" = vfio-pci ] && [ -c /dev/vfio/$GROUP ]
+check vfio-bind $((! $?)) "$BDF driver=$DRV group=$GROUP"
+IF=$(ls /sys/bus/pci/devices/$HOSTBDF/net 2>/dev/null | head -1)
+ip addr add 10.99.1.1/24 dev "$IF" && ip link set "$IF" up || check net-setup 0 "L1 e1000e ($HOSTBDF) not up"
+
+# vstat KEY: a counter of the host IOMMU backend behind the viommu
+# ("map" or "unmap" calls) from the stats JSON.
+vstat() {
+  awk -v key="\"$1\":" '
+    /"vfio":/ { invfio = 1 } invfio && /"viommu":/ { inbe = 1 }
+    inbe && $1 == key { inkey = 1 } inkey && $1 == "\"calls\":" { gsub(/,/, "", $2); print $2; exit }
+  ' /tmp/stats.json
+}
+VFIO_ARG=$BDF; [ "$MODE" = off ] && VFIO_ARG="$BDF,iommu=off"
+for ROUND in 1 2; do
+  dd if=/dev/urandom of=/tmp/tx.bin bs=1M count=$MIB 2>/dev/null
+  TX_SHA=$(sha256sum /tmp/tx.bin | cut -c1-64)
+  rm -f /tmp/rx.bin /tmp/stats.json
+  nc -l -p 5001 -e cat /tmp/tx.bin &
+  ( nc -l -p 5002 > /tmp/rx.bin; nc -l -p 5003 -e echo received ) &
+  run_l2 "console=ttyS0 panic=-1 $L2_QUIET lab.mode=$MODE lab.mib=$MIB lab.round=$ROUND lab.tx_sha=$TX_SHA" \
+    --iommu "$MODE" --extra "--vfio $VFIO_ARG"
+  [ "$L2_EXIT" = 0 ]; check vmm-exit-$ROUND $((! $?)) "exit=$L2_EXIT"
+  RX_BYTES=$(wc -c < /tmp/rx.bin 2>/dev/null || echo 0)
+  RX_SHA=$(sha256sum /tmp/rx.bin 2>/dev/null | cut -c1-64)
+  SENT=$(grep -o "LAB-L2 out_sha=[0-9a-f]*" /tmp/l2.log | head -1 | cut -d= -f2)
+  [ -n "$SENT" ] && [ "$RX_SHA" = "$SENT" ] && [ "$RX_BYTES" = $((MIB << 20)) ]
+  check net-l2-to-l1-$ROUND $((! $?)) "bytes=$RX_BYTES"
+  if [ "$MODE" = off ]; then
+    check stats-shape-$ROUND 1 "no viommu"
+  elif [ -f /tmp/stats.json ]; then
+    echo "LAB-STATS-BEGIN"; cat /tmp/stats.json; echo "LAB-STATS-END"
+    UNMAPS=$(awk '$1 == "\"unmap\":" && $2 ~ /^[0-9]/ { gsub(/,/, "", $2); print $2; exit }' /tmp/stats.json)
+    MAPS=$(awk '$1 == "\"map\":" && $2 ~ /^[0-9]/ { gsub(/,/, "", $2); print $2; exit }' /tmp/stats.json)
+    VUNMAPS=$(vstat unmap); VMAPS=$(vstat map)
+    echo "LAB-L1 stats round=$ROUND map=$MAPS unmap=$UNMAPS vfio_map=$VMAPS vfio_unmap=$VUNMAPS"
+    case "$MODE" in
+      strict)
+        [ "${UNMAPS:-0}" -gt 0 ] && [ $((VUNMAPS * 10)) -ge $((UNMAPS * 8)) ] && [ $((VUNMAPS * 10)) -le $((UNMAPS * 12)) ]
+        check stats-shape-$ROUND $((! $?)) "guest unmap=$UNMAPS vfio unmap=$VUNMAPS (strict: vfio unmaps ~ guest UNMAPs)";;
+      lazy)
+        [ "${UNMAPS:-0}" -gt 0 ] && [ "${VUNMAPS:-0}" -gt 0 ]
+        check stats-shape-$ROUND $((! $?)) "guest unmap=$UNMAPS vfio unmap=$VUNMAPS";;
+      passthrough)
+        [ "${MAPS:-1}" = 0 ] && [ "${VMAPS:-0}" -gt 0 ]
+        check stats-shape-$ROUND $((! $?)) "guest map=$MAPS vfio map=$VMAPS (identity)";;
+    esac
+  else
+    check stats-shape-$ROUND 0 "no stats file"
+  fi
+done

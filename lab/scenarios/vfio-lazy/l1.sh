@@ -1,0 +1,2 @@
+MODE=lazy
+. /stage/lib/l1-vfio.sh

@@ -1,0 +1,2 @@
+MODE=off
+. /stage/lib/l1-vfio.sh

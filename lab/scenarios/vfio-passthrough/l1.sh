@@ -1,0 +1,2 @@
+MODE=passthrough
+. /stage/lib/l1-vfio.sh

@@ -1,0 +1,2 @@
+MODE=strict
+. /stage/lib/l1-vfio.sh
