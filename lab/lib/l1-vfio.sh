@@ -20,14 +20,6 @@ check vfio-bind $((! $?)) "$BDF driver=$DRV group=$GROUP"
 IF=$(ls /sys/bus/pci/devices/$HOSTBDF/net 2>/dev/null | head -1)
 ip addr add 10.99.1.1/24 dev "$IF" && ip link set "$IF" up || check net-setup 0 "L1 e1000e ($HOSTBDF) not up"
 
-# vstat KEY: a counter of the host IOMMU backend behind the viommu
-# ("map" or "unmap" calls) from the stats JSON.
-vstat() {
-  awk -v key="\"$1\":" '
-    /"vfio":/ { invfio = 1 } invfio && /"viommu":/ { inbe = 1 }
-    inbe && $1 == key { inkey = 1 } inkey && $1 == "\"calls\":" { gsub(/,/, "", $2); print $2; exit }
-  ' /tmp/stats.json
-}
 VFIO_ARG=$BDF; [ "$MODE" = off ] && VFIO_ARG="$BDF,iommu=off"
 for ROUND in 1 2; do
   dd if=/dev/urandom of=/tmp/tx.bin bs=1M count=$MIB 2>/dev/null
@@ -47,9 +39,8 @@ for ROUND in 1 2; do
     check stats-shape-$ROUND 1 "no viommu"
   elif [ -f /tmp/stats.json ]; then
     echo "LAB-STATS-BEGIN"; cat /tmp/stats.json; echo "LAB-STATS-END"
-    UNMAPS=$(awk '$1 == "\"unmap\":" && $2 ~ /^[0-9]/ { gsub(/,/, "", $2); print $2; exit }' /tmp/stats.json)
-    MAPS=$(awk '$1 == "\"map\":" && $2 ~ /^[0-9]/ { gsub(/,/, "", $2); print $2; exit }' /tmp/stats.json)
-    VUNMAPS=$(vstat unmap); VMAPS=$(vstat map)
+    UNMAPS=$(jpath viommu.requests.unmap); MAPS=$(jpath viommu.requests.map)
+    VUNMAPS=$(jpath vfio.dma.viommu.unmap.calls); VMAPS=$(jpath vfio.dma.viommu.map.calls)
     echo "LAB-L1 stats round=$ROUND map=$MAPS unmap=$UNMAPS vfio_map=$VMAPS vfio_unmap=$VUNMAPS"
     case "$MODE" in
       strict)

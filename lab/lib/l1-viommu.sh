@@ -35,20 +35,8 @@ stat() {
     (sec == "\"\"" || insec) && $1 == key":" { gsub(/[,]/, "", $2); print $2; exit }
   ' /tmp/stats.json
 }
-# jpath a.b.c: a value from the pretty-printed stats JSON.
-jpath() {
-  awk -v want="$1" '
-    { l = $0; sub(/^[ \t]+/, "", l) }
-    l ~ /^"[^"]*": \{/ { k = l; sub(/^"/, "", k); sub(/".*/, "", k); path[++d] = k; next }
-    l ~ /^[}\]]/ { if (d > 0) d--; next }
-    l ~ /^"[^"]*": / {
-      k = l; sub(/^"/, "", k); sub(/".*/, "", k); v = l; sub(/^"[^"]*": /, "", v); sub(/,$/, "", v)
-      p = ""; for (i = 1; i <= d; i++) p = p path[i] "."
-      if (p k == want) { print v; exit }
-    }' /tmp/stats.json 2>/dev/null
-}
-L1L2=$(sed -n 's/.*LAB-L2 timing l1_to_l2_s=\([0-9.]*\).*/\1/p' /tmp/l2.log | head -1)
-L2L1=$(sed -n 's/.*LAB-L2 timing.* l2_to_l1_s=\([0-9.]*\).*/\1/p' /tmp/l2.log | head -1)
+L1L2=$(sed -n 's/.*LAB-L2 timing l1_to_l2_s=\([0-9.]*\).*/\1/p' /tmp/l2.log | tail -1)
+L2L1=$(sed -n 's/.*LAB-L2 timing.* l2_to_l1_s=\([0-9.]*\).*/\1/p' /tmp/l2.log | tail -1)
 ROW="LAB-ROW mode=$MODE mib=$MIB l1_to_l2_s=$L1L2 l2_to_l1_s=$L2L1"
 if [ -f /tmp/stats.json ]; then
   for f in map:viommu.requests.map unmap:viommu.requests.unmap notifications:viommu.notifications \
