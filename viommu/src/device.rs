@@ -2,7 +2,7 @@
 //! the per-endpoint translation handed to emulated devices.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -18,6 +18,7 @@ use vm_memory::{Bytes, GuestAddress, Permissions};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::poll::PollConfig;
 use crate::protocol::{self as p, status, Request};
 use crate::stats::Stats;
 use crate::tables::{FaultReason, Tables};
@@ -25,8 +26,8 @@ use crate::tables::{FaultReason, Tables};
 /// Size of the PROBE property buffer offered in the config space.
 pub const PROBE_SIZE: u32 = 512;
 const QUEUE_SIZE: u16 = 256;
-const REQ_QUEUE: u16 = 0;
-const EVENT_QUEUE: u16 = 1;
+pub(crate) const REQ_QUEUE: u16 = 0;
+pub(crate) const EVENT_QUEUE: u16 = 1;
 /// Faults kept while the driver has no event buffers.
 const MAX_PENDING_FAULTS: usize = 64;
 /// Bytes of a request read from the device-readable descriptors.
@@ -298,14 +299,20 @@ fn execute<M: Bytes<GuestAddress>>(
 
 /// Serves the request and event queues.
 pub(crate) struct IommuWorker {
-    state: Arc<IommuState>,
-    mem: GuestMemory,
-    req: Queue,
+    pub(crate) state: Arc<IommuState>,
+    pub(crate) mem: GuestMemory,
+    pub(crate) req: Queue,
     req_evt: EventFd,
     event: Option<(Queue, EventFd)>,
     interrupt: Arc<dyn VirtioInterrupt>,
     readable: Vec<Seg>,
     writable: Vec<Seg>,
+    /// Request-queue polling ([`crate::poll`]).
+    pub(crate) poll: PollConfig,
+    /// The poll thread has been pinned (once, on its first poll).
+    pub(crate) pinned: bool,
+    /// Set before the worker is stopped, so a polling loop returns.
+    pub(crate) stopping: Arc<AtomicBool>,
 }
 
 const EV_REQ: u32 = 0;
@@ -330,6 +337,9 @@ impl IommuWorker {
             interrupt,
             readable: Vec::new(),
             writable: Vec::new(),
+            poll: PollConfig::default(),
+            pinned: false,
+            stopping: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -339,6 +349,8 @@ impl IommuWorker {
         self.process_requests()
     }
 
+    /// A notification-driven pass: serves the request queue until it is
+    /// empty with notifications enabled; returns whether to interrupt.
     fn process_requests(&mut self) -> bool {
         let stats = self.state.stats.clone();
         stats.batches.fetch_add(1, Ordering::Relaxed);
@@ -348,31 +360,7 @@ impl IommuWorker {
             if self.req.disable_notification(&self.mem).is_err() {
                 break;
             }
-            while let Some(chain) = self.req.pop_descriptor_chain(&self.mem) {
-                let head = chain.head_index();
-                self.readable.clear();
-                self.writable.clear();
-                for d in chain {
-                    let seg = Seg {
-                        addr: d.addr().0,
-                        len: d.len(),
-                    };
-                    if d.is_write_only() {
-                        self.writable.push(seg);
-                    } else if self.writable.is_empty() {
-                        self.readable.push(seg);
-                    } else {
-                        // Readable after writable: malformed; ignore it.
-                        stats.malformed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                let len = handle_request(&self.state, &self.mem, &self.readable, &self.writable);
-                if self.req.add_used(&self.mem, head, len).is_err() {
-                    stats.malformed.fetch_add(1, Ordering::Relaxed);
-                    return used;
-                }
-                used = true;
-            }
+            used |= self.drain_requests(false) > 0;
             if !matches!(self.req.enable_notification(&self.mem), Ok(true)) {
                 break;
             }
@@ -383,8 +371,46 @@ impl IommuWorker {
         used && self.req.needs_notification(&self.mem).unwrap_or(true)
     }
 
+    /// Handles every available request chain; returns how many. `polled`:
+    /// found by the poll loop rather than after a notification.
+    pub(crate) fn drain_requests(&mut self, polled: bool) -> u64 {
+        let stats = self.state.stats.clone();
+        let seen = Instant::now();
+        let mut n = 0;
+        while let Some(chain) = self.req.pop_descriptor_chain(&self.mem) {
+            let head = chain.head_index();
+            self.readable.clear();
+            self.writable.clear();
+            for d in chain {
+                let seg = Seg {
+                    addr: d.addr().0,
+                    len: d.len(),
+                };
+                if d.is_write_only() {
+                    self.writable.push(seg);
+                } else if self.writable.is_empty() {
+                    self.readable.push(seg);
+                } else {
+                    // Readable after writable: malformed; ignore it.
+                    stats.malformed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            let len = handle_request(&self.state, &self.mem, &self.readable, &self.writable);
+            if self.req.add_used(&self.mem, head, len).is_err() {
+                stats.malformed.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+            stats.record_response(seen.elapsed().as_nanos() as u64);
+            n += 1;
+        }
+        if polled && n > 0 {
+            stats.poll.polled_requests.fetch_add(n, Ordering::Relaxed);
+        }
+        n
+    }
+
     /// Moves pending faults into event buffers; returns whether to notify.
-    fn deliver_faults(&mut self) -> bool {
+    pub(crate) fn deliver_faults(&mut self) -> bool {
         let Some((q, _)) = self.event.as_mut() else {
             return false;
         };
@@ -437,7 +463,7 @@ impl IommuWorker {
         used && q.needs_notification(&self.mem).unwrap_or(true)
     }
 
-    fn signal(&self, queue: u16) {
+    pub(crate) fn signal(&self, queue: u16) {
         if let Err(e) = self.interrupt.signal_used_queue(queue) {
             tracing::warn!("virtio-iommu: interrupt failed: {e}");
         }
@@ -457,6 +483,7 @@ impl MutEventSubscriber for IommuWorker {
                 if self.process_requests() {
                     self.signal(REQ_QUEUE);
                 }
+                self.poll();
             }
             EV_EVENTQ | EV_FAULT => {
                 if events.data() == EV_EVENTQ {
@@ -487,6 +514,8 @@ impl MutEventSubscriber for IommuWorker {
 pub struct VirtioIommu {
     state: Arc<IommuState>,
     worker: Option<Worker>,
+    poll: PollConfig,
+    stopping: Arc<AtomicBool>,
 }
 
 impl VirtioIommu {
@@ -495,6 +524,22 @@ impl VirtioIommu {
         VirtioIommu {
             state,
             worker: None,
+            poll: PollConfig::default(),
+            stopping: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// The same device polling its request queue as `poll` says.
+    pub fn with_poll(mut self, poll: PollConfig) -> Self {
+        self.poll = poll;
+        self
+    }
+
+    /// Stops the device thread (ending a polling loop first).
+    fn stop_worker(&mut self) {
+        if let Some(mut w) = self.worker.take() {
+            self.stopping.store(true, Ordering::Relaxed);
+            w.stop();
         }
     }
 
@@ -575,16 +620,24 @@ impl VirtioDevice for VirtioIommu {
             interrupt: ctx.interrupt,
             readable: Vec::with_capacity(8),
             writable: Vec::with_capacity(8),
+            poll: self.poll,
+            pinned: false,
+            stopping: self.stopping.clone(),
         };
+        self.stopping.store(false, Ordering::Relaxed);
         self.worker = Some(Worker::spawn("virtio-iommu", w)?);
         Ok(())
     }
 
     fn reset(&mut self) {
-        if let Some(mut w) = self.worker.take() {
-            w.stop();
-        }
+        self.stop_worker();
         self.state.tables().reset();
+    }
+}
+
+impl Drop for VirtioIommu {
+    fn drop(&mut self) {
+        self.stop_worker();
     }
 }
 

@@ -1,7 +1,7 @@
 use super::*;
 use devices::dma::DmaIotlb;
 use devices::virtio::testing::{NoInterrupt, TestQueue};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 fn state() -> Arc<IommuState> {
     let mut t = Tables::new(crate::tables::Limits::default(), None);
@@ -203,21 +203,23 @@ fn config_space_and_bypass() {
 
 /// The request-queue handshake as the Linux driver drives it: queue a
 /// batch, kick only when the device has not suppressed notifications
-/// (VRING_USED_F_NO_NOTIFY clear), then spin until every request is used.
-/// A device thread serves the queue from its eventfd only, so a request
-/// added while the device was busy and never re-checked would strand the
-/// "guest" and fail the test.
-#[test]
-fn notification_handshake_never_strands_a_request() {
+/// (VRING_USED_F_NO_NOTIFY clear), then spin until every request is used;
+/// bursts alternate with idle gaps. A device thread serves the queue from
+/// its eventfd (and, with `poll`, by polling after it), so a request added
+/// while the device was busy or handing over from polling to notifications
+/// and never re-checked would strand the "guest" and fail the test.
+/// Returns (requests sent, kicks sent).
+fn stress_handshake(poll: PollConfig, rounds: u32) -> (Arc<IommuState>, u64, u64) {
     use std::os::unix::io::AsRawFd;
-    use std::sync::atomic::AtomicBool;
     use std::time::Duration;
 
     let s = state();
     let mut tq = TestQueue::new(64);
     let mut w = worker(&s, &tq);
+    w.poll = poll;
     let kick = w.req_evt.try_clone().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
+    let stopping = w.stopping.clone();
     let device = {
         let stop = stop.clone();
         std::thread::spawn(move || {
@@ -229,8 +231,10 @@ fn notification_handshake_never_strands_a_request() {
                 };
                 // SAFETY: `pfd` is one valid pollfd that outlives the call.
                 unsafe { libc::poll(&mut pfd, 1, 10) };
-                if w.req_evt.read().is_ok() {
+                if let Ok(n) = w.req_evt.read() {
+                    w.state.stats.notifications.fetch_add(n, Ordering::Relaxed);
                     w.process_requests();
+                    w.poll();
                 }
             }
         })
@@ -240,7 +244,7 @@ fn notification_handshake_never_strands_a_request() {
     let (mut kicks, mut sent) = (0u64, 0u64);
     let mut done = tq.used_idx();
     let mut pending = 0u16;
-    for round in 0..20_000u32 {
+    for round in 0..rounds {
         seed ^= seed << 13;
         seed ^= seed >> 17;
         seed ^= seed << 5;
@@ -279,8 +283,11 @@ fn notification_handshake_never_strands_a_request() {
             done = done.wrapping_add(pending);
             pending = 0;
         }
+        // Idle gaps: some shorter and some longer than a poll budget.
         if seed.is_multiple_of(64) {
             std::thread::sleep(Duration::from_micros(200));
+        } else if seed % 512 == 1 {
+            std::thread::sleep(Duration::from_millis(3));
         }
     }
     let t0 = Instant::now();
@@ -292,7 +299,54 @@ fn notification_handshake_never_strands_a_request() {
         std::hint::spin_loop();
     }
     stop.store(true, Ordering::Relaxed);
+    stopping.store(true, Ordering::Relaxed);
     device.join().unwrap();
+    // Exactly once each: no request lost, none served twice.
     assert_eq!(s.stats.requests[0].load(Ordering::Relaxed), sent);
+    assert_eq!(tq.used_idx(), done.wrapping_add(pending));
     assert!(kicks > 0 && kicks <= sent);
+    (s, sent, kicks)
+}
+
+#[test]
+fn notification_handshake_never_strands_a_request() {
+    let (s, sent, _) = stress_handshake(PollConfig::default(), 20_000);
+    assert_eq!(s.stats.poll.polled_requests.load(Ordering::Relaxed), 0);
+    assert_eq!(s.stats.poll.sessions.load(Ordering::Relaxed), 0);
+    assert!(sent > 20_000);
+}
+
+/// Adaptive polling with a budget shorter than some idle gaps: requests
+/// are served by polling with few kicks, and every handover back to
+/// notifications loses nothing.
+#[test]
+fn adaptive_polling_hands_over_without_losing_requests() {
+    use crate::poll::PollMode;
+    let poll = PollConfig {
+        mode: PollMode::Adaptive,
+        budget: std::time::Duration::from_micros(500),
+        cpu: None,
+    };
+    let (s, sent, kicks) = stress_handshake(poll, 20_000);
+    let p = &s.stats.poll;
+    let polled = p.polled_requests.load(Ordering::Relaxed);
+    let sessions = p.sessions.load(Ordering::Relaxed);
+    assert!(sessions > 1, "budget never expired: {sessions} sessions");
+    assert!(polled > sent / 2, "{polled} of {sent} polled");
+    assert!(kicks < sent / 4, "{kicks} kicks for {sent} requests");
+    assert!(p.kicks_avoided.load(Ordering::Relaxed) > 0);
+    assert!(p.cpu_ns.load(Ordering::Relaxed) > 0);
+}
+
+/// `always` polls until the device stops, and stopping ends the loop.
+#[test]
+fn always_polling_stops_on_request() {
+    use crate::poll::PollMode;
+    let poll = PollConfig {
+        mode: PollMode::Always,
+        ..PollConfig::default()
+    };
+    let (s, sent, kicks) = stress_handshake(poll, 2_000);
+    assert_eq!(s.stats.poll.sessions.load(Ordering::Relaxed), 1);
+    assert!(kicks <= 2, "{kicks} kicks for {sent} requests");
 }

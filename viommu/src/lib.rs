@@ -13,6 +13,7 @@ pub mod backend;
 pub mod device;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+pub mod poll;
 pub mod protocol;
 pub mod stats;
 pub mod tables;

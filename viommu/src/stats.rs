@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Instant;
 
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
@@ -39,6 +40,31 @@ pub struct Stats {
     /// Fault events lost because the driver gave no event buffers.
     pub fault_events_dropped: AtomicU64,
     latency: [Mutex<Histogram<u64>>; 5],
+    /// Request-queue polling ([`crate::poll`]).
+    pub poll: PollStats,
+    /// Time from the device seeing a request (wake-up or poll) to its
+    /// completion being visible to the guest.
+    response: Mutex<Histogram<u64>>,
+    created: Instant,
+}
+
+/// Counters of request-queue polling.
+#[derive(Default)]
+pub struct PollStats {
+    /// Requests served by the poll loop, with no notification.
+    pub polled_requests: AtomicU64,
+    /// Poll passes that found new requests: each replaced one kick of the
+    /// driver, i.e. one VM exit.
+    pub kicks_avoided: AtomicU64,
+    /// Times polling started (after a notification).
+    pub sessions: AtomicU64,
+    /// Handovers whose re-check after re-enabling notifications found a
+    /// request (which was then served by polling).
+    pub handover_rechecks: AtomicU64,
+    /// CPU time of the device thread spent polling.
+    pub cpu_ns: AtomicU64,
+    /// Wall time spent polling.
+    pub wall_ns: AtomicU64,
 }
 
 fn histogram() -> Mutex<Histogram<u64>> {
@@ -69,6 +95,9 @@ impl Default for Stats {
                 histogram(),
                 histogram(),
             ],
+            poll: PollStats::default(),
+            response: histogram(),
+            created: Instant::now(),
         }
     }
 }
@@ -96,6 +125,38 @@ impl Stats {
             .fetch_max(mapped_now, Ordering::Relaxed);
         let mut h = self.latency[kind].lock().unwrap_or_else(|e| e.into_inner());
         h.saturating_record(nanos.max(1));
+    }
+
+    /// Records the response time of one request (see [`Stats`]).
+    pub fn record_response(&self, nanos: u64) {
+        let mut h = self.response.lock().unwrap_or_else(|e| e.into_inner());
+        h.saturating_record(nanos.max(1));
+    }
+
+    fn poll_json(&self) -> Value {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let total: u64 = self.requests.iter().map(get).sum();
+        let polled = get(&self.poll.polled_requests);
+        let cpu = get(&self.poll.cpu_ns);
+        let age = self.created.elapsed().as_nanos().max(1) as f64;
+        let h = self.response.lock().unwrap_or_else(|e| e.into_inner());
+        json!({
+            "polled_requests": polled,
+            "notified_requests": total.saturating_sub(polled),
+            "kicks_avoided": get(&self.poll.kicks_avoided),
+            "sessions": get(&self.poll.sessions),
+            "handover_rechecks": get(&self.poll.handover_rechecks),
+            "cpu_ns": cpu,
+            "wall_ns": get(&self.poll.wall_ns),
+            "cpu_share_of_one_core": (cpu as f64 / age * 1e4).round() / 1e4,
+            "response": {
+                "count": h.len(),
+                "mean_ns": h.mean().round() as u64,
+                "p50_ns": h.value_at_quantile(0.5),
+                "p99_ns": h.value_at_quantile(0.99),
+                "max_ns": h.max(),
+            },
+        })
     }
 
     /// The counters as a JSON object.
@@ -134,6 +195,7 @@ impl Stats {
             "fault_events": get(&self.fault_events),
             "fault_events_dropped": get(&self.fault_events_dropped),
             "latency": latency,
+            "poll": self.poll_json(),
         })
     }
 }
@@ -159,5 +221,24 @@ mod tests {
         assert_eq!(j["latency"]["unmap"]["count"], 2);
         assert!(j["latency"]["map"]["p50_ns"].as_u64().unwrap() >= 499);
         s.record(9, status::OK, 0, 0, 1);
+        assert_eq!(j["poll"]["notified_requests"], 3);
+    }
+
+    #[test]
+    fn poll_counters_split_requests() {
+        let s = Stats::default();
+        for _ in 0..4 {
+            s.record(2, status::OK, 0x1000, 0x1000, 10);
+        }
+        s.poll.polled_requests.fetch_add(3, Ordering::Relaxed);
+        s.poll.kicks_avoided.fetch_add(2, Ordering::Relaxed);
+        s.record_response(1500);
+        let j = s.to_json();
+        assert_eq!(j["poll"]["polled_requests"], 3);
+        assert_eq!(j["poll"]["notified_requests"], 1);
+        assert_eq!(j["poll"]["kicks_avoided"], 2);
+        assert_eq!(j["poll"]["response"]["count"], 1);
+        let share = j["poll"]["cpu_share_of_one_core"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&share));
     }
 }

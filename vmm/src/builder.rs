@@ -136,7 +136,7 @@ pub fn build_and_start(cfg: &VmConfig) -> Result<RunningVm, BuildError> {
     let stats = cfg.stats_file.as_ref().map(|p| {
         Arc::new(StatsWriter::new(
             p.clone(),
-            cfg.iommu_mode,
+            (cfg.iommu_mode, cfg.iommu_poll),
             devices.viommu.clone(),
             devices.device_stats.clone(),
             devices.vfio_stats(),

@@ -153,6 +153,20 @@ pub struct RunArgs {
     /// [file: iommu.mode; default: strict if a device has iommu=on, else off].
     #[arg(long, value_name = "off|passthrough|strict|lazy")]
     pub iommu_mode: Option<String>,
+    /// Poll the virtual IOMMU's request queue so that guest MAP/UNMAP
+    /// requests need no VM exit: off, adaptive (after a notification,
+    /// until --iommu-poll-budget-us pass without a request) or always (one
+    /// host core). Only with strict or lazy [file: iommu.poll; default: off].
+    #[arg(long, value_name = "off|adaptive|always")]
+    pub iommu_poll: Option<String>,
+    /// Adaptive polling's idle budget in µs [file: iommu.poll_budget_us;
+    /// default: 200].
+    #[arg(long, value_name = "MICROSECONDS")]
+    pub iommu_poll_budget_us: Option<i64>,
+    /// Pin the virtual IOMMU's device (poll) thread to this host CPU
+    /// [file: iommu.poll_cpu; default: not pinned].
+    #[arg(long, value_name = "CPU")]
+    pub iommu_poll_cpu: Option<i64>,
     /// Write the VMM's counters (JSON) to this file at exit and on SIGUSR1
     /// [file: stats.file; default: none].
     #[arg(long, value_name = "PATH")]
@@ -381,6 +395,16 @@ fn cli_layer(args: &RunArgs) -> Result<ConfigLayer, ConfigError> {
             .map(IommuMode::parse)
             .transpose()
             .map_err(flag("--iommu-mode"))?,
+        iommu_poll: config::iommu::PollLayer {
+            mode: args
+                .iommu_poll
+                .as_deref()
+                .map(config::iommu::parse_poll_mode)
+                .transpose()
+                .map_err(flag("--iommu-poll"))?,
+            budget_us: args.iommu_poll_budget_us,
+            cpu: args.iommu_poll_cpu,
+        },
         stats_file: nonempty("--stats-file", &args.stats_file)?,
     })
 }

@@ -352,3 +352,41 @@ fn vfio_flags_validate_and_replace_the_files_list() {
         assert!(help.contains(needle), "help lacks {needle}");
     }
 }
+
+#[test]
+fn poll_flags_override_the_file() {
+    use crate::config::iommu::PollMode;
+    let dir = fixture(
+        "[kernel]\npath = \"bzImage\"\n[iommu]\nmode = \"strict\"\npoll = \"always\"\npoll_budget_us = 50\n",
+    );
+    let cfg = dir.path().join("vm.toml");
+    let c = config(run(&["run", "--config", s(&cfg)]).unwrap());
+    assert_eq!(c.iommu_poll.mode, PollMode::Always);
+    assert_eq!(c.iommu_poll.budget.as_micros(), 50);
+    let c = config(
+        run(&[
+            "run",
+            "--config",
+            s(&cfg),
+            "--iommu-poll",
+            "adaptive",
+            "--iommu-poll-budget-us",
+            "1000",
+            "--iommu-poll-cpu",
+            "0",
+        ])
+        .unwrap(),
+    );
+    assert_eq!(c.iommu_poll.mode, PollMode::Adaptive);
+    assert_eq!(c.iommu_poll.budget.as_micros(), 1000);
+    assert_eq!(c.iommu_poll.cpu, Some(0));
+    let e = run(&["run", "--config", s(&cfg), "--iommu-poll", "sometimes"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--iommu-poll") && e.contains("sometimes"), "{e}");
+    assert!(!e.contains('\n'), "{e}");
+    let e = run(&["run", "--config", s(&cfg), "--iommu-poll-budget-us", "0"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("budget"), "{e}");
+}

@@ -212,6 +212,8 @@ pub struct VmConfig {
     /// IOMMU policy. The default is `strict` when a device has
     /// `iommu = true`, `off` otherwise.
     pub iommu_mode: IommuMode,
+    /// Polling of the virtual IOMMU's request queue.
+    pub iommu_poll: iommu::PollConfig,
     /// Where the VMM's counters are written (JSON) at exit and on SIGUSR1.
     pub stats_file: Option<PathBuf>,
 }
@@ -294,6 +296,8 @@ pub struct ConfigLayer {
     pub vfio: Option<Vec<VfioSpec>>,
     /// IOMMU policy.
     pub iommu_mode: Option<IommuMode>,
+    /// Request-queue polling.
+    pub iommu_poll: iommu::PollLayer,
     /// Stats output file.
     pub stats_file: Option<PathBuf>,
 }
@@ -328,6 +332,7 @@ impl ConfigLayer {
             nets: top.nets.or(self.nets),
             vfio: top.vfio.or(self.vfio),
             iommu_mode: top.iommu_mode.or(self.iommu_mode),
+            iommu_poll: self.iommu_poll.overlay(top.iommu_poll),
             stats_file: top.stats_file.or(self.stats_file),
         }
     }
@@ -389,6 +394,7 @@ impl ConfigLayer {
             nets,
             vfio,
             iommu_mode,
+            iommu_poll: self.iommu_poll.build(iommu_mode)?,
             stats_file: self.stats_file,
         })
     }

@@ -265,7 +265,8 @@ impl DeviceManager {
         let mut endpoint_slots = Vec::new();
         let mut device_stats = Vec::new();
         if let Some(state) = &viommu {
-            iommu_slot = Some(add_virtio(Box::new(VirtioIommu::new(state.clone())), false)?.0);
+            let dev = VirtioIommu::new(state.clone()).with_poll(cfg.iommu_poll);
+            iommu_slot = Some(add_virtio(Box::new(dev), false)?.0);
         }
         for d in &cfg.disks {
             let blk =

@@ -15,6 +15,7 @@ use devices::legacy::{ExitReason, ExitSignal};
 use serde_json::json;
 use viommu::device::IommuState;
 
+use crate::config::iommu::PollConfig;
 use crate::config::IommuMode;
 use crate::device_manager::vfio::VfioStats;
 use crate::device_manager::DeviceStats;
@@ -26,6 +27,7 @@ static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
 pub struct StatsWriter {
     path: PathBuf,
     mode: IommuMode,
+    poll: PollConfig,
     viommu: Option<Arc<IommuState>>,
     devices: Vec<(String, DeviceStats)>,
     vfio: Option<VfioStats>,
@@ -36,7 +38,7 @@ impl StatsWriter {
     /// A writer for `path`.
     pub fn new(
         path: PathBuf,
-        mode: IommuMode,
+        (mode, poll): (IommuMode, PollConfig),
         viommu: Option<Arc<IommuState>>,
         devices: Vec<(String, DeviceStats)>,
         vfio: Option<VfioStats>,
@@ -44,6 +46,7 @@ impl StatsWriter {
         StatsWriter {
             path,
             mode,
+            poll,
             viommu,
             devices,
             vfio,
@@ -53,16 +56,24 @@ impl StatsWriter {
 
     /// The current counters.
     pub fn snapshot(&self) -> serde_json::Value {
+        let viommu = self.viommu.as_ref().map(|v| v.stats.to_json());
+        let vfio = self.vfio.as_ref().map(VfioStats::to_json);
         json!({
             "uptime_s": self.started.elapsed().as_secs_f64(),
             "iommu_mode": self.mode.as_str(),
-            "viommu": self.viommu.as_ref().map(|v| v.stats.to_json()),
+            "iommu_poll": {
+                "mode": self.poll.mode.as_str(),
+                "budget_us": self.poll.budget.as_micros() as u64,
+                "cpu": self.poll.cpu,
+            },
+            "vfio_calls_per_request": calls_per_request(viommu.as_ref(), vfio.as_ref()),
+            "viommu": viommu,
             "devices": self
                 .devices
                 .iter()
                 .map(|(name, s)| (name.clone(), s.to_json()))
                 .collect::<serde_json::Map<_, _>>(),
-            "vfio": self.vfio.as_ref().map(VfioStats::to_json),
+            "vfio": vfio,
         })
     }
 
@@ -73,6 +84,22 @@ impl StatsWriter {
         std::fs::write(&tmp, text + "\n")?;
         std::fs::rename(&tmp, &self.path)
     }
+}
+
+/// Host IOMMU (VFIO map + unmap) calls per virtio-iommu request, when a
+/// device's DMA goes through the virtual IOMMU to VFIO.
+fn calls_per_request(
+    viommu: Option<&serde_json::Value>,
+    vfio: Option<&serde_json::Value>,
+) -> Option<f64> {
+    let requests: u64 = viommu?["requests"]
+        .as_object()?
+        .values()
+        .filter_map(|v| v.as_u64())
+        .sum();
+    let dma = &vfio?["dma"]["viommu"];
+    let calls = dma["map"]["calls"].as_u64()? + dma["unmap"]["calls"].as_u64()?;
+    (requests > 0).then(|| (calls as f64 / requests as f64 * 1000.0).round() / 1000.0)
 }
 
 /// The signals the signal thread serves.
@@ -162,7 +189,7 @@ mod tests {
         state.stats.record(2, 0, 0x2000, 0x2000, 10);
         let w = StatsWriter::new(
             path.clone(),
-            IommuMode::Strict,
+            (IommuMode::Strict, PollConfig::default()),
             Some(state),
             Vec::new(),
             None,
@@ -197,7 +224,13 @@ mod tests {
             vec![("0000:03:00.0".into(), false, 2)],
             vec![("identity", backend)],
         );
-        let w = StatsWriter::new(path.clone(), IommuMode::Off, None, Vec::new(), Some(vfio));
+        let w = StatsWriter::new(
+            path.clone(),
+            (IommuMode::Off, PollConfig::default()),
+            None,
+            Vec::new(),
+            Some(vfio),
+        );
         w.write().unwrap();
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
@@ -205,10 +238,27 @@ mod tests {
         assert_eq!(v["vfio"]["dma"]["identity"]["map"]["calls"], 1);
         assert_eq!(v["vfio"]["dma"]["identity"]["map"]["bytes"], 0x10_0000);
         assert_eq!(v["vfio"]["dma"]["identity"]["mapped_bytes"], 0x10_0000);
-        let off = StatsWriter::new(path.clone(), IommuMode::Off, None, Vec::new(), None);
+        let off = StatsWriter::new(
+            path.clone(),
+            (IommuMode::Off, PollConfig::default()),
+            None,
+            Vec::new(),
+            None,
+        );
         off.write().unwrap();
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         assert!(v["viommu"].is_null());
+        assert_eq!(v["iommu_poll"]["mode"], "off");
+    }
+
+    #[test]
+    fn host_calls_per_request() {
+        let viommu = json!({"requests": {"map": 3, "unmap": 1, "attach": 0}});
+        let vfio = json!({"dma": {"viommu": {"map": {"calls": 3}, "unmap": {"calls": 3}}}});
+        assert_eq!(calls_per_request(Some(&viommu), Some(&vfio)), Some(1.5));
+        assert_eq!(calls_per_request(Some(&viommu), None), None);
+        let idle = json!({"requests": {"map": 0}});
+        assert_eq!(calls_per_request(Some(&idle), Some(&vfio)), None);
     }
 }

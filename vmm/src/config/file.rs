@@ -45,7 +45,7 @@ const SERIAL_KEYS: &[&str] = &["output", "stdin"];
 const DISK_KEYS: &[&str] = &["path", "readonly", "id", "iommu"];
 const NET_KEYS: &[&str] = &["tap", "mac", "iommu"];
 const VFIO_KEYS: &[&str] = &["device", "iommu"];
-const IOMMU_KEYS: &[&str] = &["mode"];
+const IOMMU_KEYS: &[&str] = &["mode", "poll", "poll_budget_us", "poll_cpu"];
 const STATS_KEYS: &[&str] = &["file"];
 
 /// Reads and parses the configuration file at `path`.
@@ -145,6 +145,15 @@ fn parse_table(table: &Table, base: &Path) -> Result<ConfigLayer, ConfigError> {
                     .map(IommuMode::parse)
                     .transpose()
                     .map_err(|e| s.wrap("mode", e))?;
+                layer.iommu_poll = super::iommu::PollLayer {
+                    mode: s
+                        .string("poll", "\"adaptive\"")?
+                        .map(super::iommu::parse_poll_mode)
+                        .transpose()
+                        .map_err(|e| s.wrap("poll", e))?,
+                    budget_us: s.int("poll_budget_us", "200")?,
+                    cpu: s.int("poll_cpu", "3")?,
+                };
             }
             "stats" => {
                 let s = Section::new("[stats]", value, STATS_KEYS)?;

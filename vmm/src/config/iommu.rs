@@ -1,7 +1,81 @@
 //! The IOMMU policy of a VM (`[iommu]` / `--iommu-mode`) and the guest
 //! kernel parameters that go with it.
 
+use std::time::Duration;
+
+pub use viommu::poll::{PollConfig, PollMode};
+
 use super::ConfigError;
+
+/// Longest adaptive poll budget accepted, in µs (one second).
+pub const MAX_POLL_BUDGET_US: i64 = 1_000_000;
+
+/// Request-queue polling as one config layer sets it (`[iommu] poll`,
+/// `poll_budget_us`, `poll_cpu`; `--iommu-poll*`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PollLayer {
+    /// When to poll.
+    pub mode: Option<PollMode>,
+    /// Adaptive idle budget in µs.
+    pub budget_us: Option<i64>,
+    /// Host CPU for the device thread.
+    pub cpu: Option<i64>,
+}
+
+impl PollLayer {
+    /// This layer with every field `top` sets replaced by `top`'s.
+    pub fn overlay(self, top: PollLayer) -> PollLayer {
+        PollLayer {
+            mode: top.mode.or(self.mode),
+            budget_us: top.budget_us.or(self.budget_us),
+            cpu: top.cpu.or(self.cpu),
+        }
+    }
+
+    /// Validates the layer into the device's [`PollConfig`]. Polling only
+    /// applies where the guest sends MAP/UNMAP requests (strict and lazy):
+    /// with `off` or `passthrough` it is turned off.
+    pub fn build(self, mode: IommuMode) -> Result<PollConfig, ConfigError> {
+        let budget_us = self
+            .budget_us
+            .unwrap_or(viommu::poll::DEFAULT_BUDGET.as_micros() as i64);
+        if !(1..=MAX_POLL_BUDGET_US).contains(&budget_us) {
+            return Err(ConfigError::new(
+                format!("poll budget {budget_us} µs is out of range"),
+                format!("use 1 to {MAX_POLL_BUDGET_US} µs (--iommu-poll-budget-us, [iommu] poll_budget_us)"),
+            ));
+        }
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as i64;
+        let cpu = match self.cpu {
+            Some(c) if !(0..cpus).contains(&c) => {
+                return Err(ConfigError::new(
+                    format!("poll CPU {c} does not exist (this host has {cpus})"),
+                    format!("use 0 to {} (--iommu-poll-cpu, [iommu] poll_cpu)", cpus - 1),
+                ))
+            }
+            c => c.map(|c| c as usize),
+        };
+        let mut poll_mode = self.mode.unwrap_or_default();
+        if matches!(mode, IommuMode::Off | IommuMode::Passthrough) {
+            poll_mode = PollMode::Off;
+        }
+        Ok(PollConfig {
+            mode: poll_mode,
+            budget: Duration::from_micros(budget_us as u64),
+            cpu,
+        })
+    }
+}
+
+/// Parses a poll mode for `what` (a flag or config key).
+pub fn parse_poll_mode(s: &str) -> Result<PollMode, ConfigError> {
+    PollMode::parse(s).ok_or_else(|| {
+        ConfigError::new(
+            format!("unknown poll mode `{s}`"),
+            "use off, adaptive or always",
+        )
+    })
+}
 
 /// How the guest's DMA is protected.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -109,6 +183,51 @@ mod tests {
     }
 
     #[test]
+    fn poll_layers_overlay_and_validate() {
+        let file = PollLayer {
+            mode: Some(PollMode::Always),
+            budget_us: Some(50),
+            cpu: None,
+        };
+        let cli = PollLayer {
+            mode: Some(PollMode::Adaptive),
+            ..PollLayer::default()
+        };
+        let p = file.overlay(cli).build(IommuMode::Strict).unwrap();
+        assert_eq!(p.mode, PollMode::Adaptive);
+        assert_eq!(p.budget, Duration::from_micros(50));
+        assert_eq!(p.cpu, None);
+        let d = PollLayer::default().build(IommuMode::Lazy).unwrap();
+        assert_eq!(d, PollConfig::default());
+        // No requests to poll for without translation.
+        let adaptive = PollLayer {
+            mode: Some(PollMode::Adaptive),
+            ..PollLayer::default()
+        };
+        for m in [IommuMode::Off, IommuMode::Passthrough] {
+            assert_eq!(adaptive.clone().build(m).unwrap().mode, PollMode::Off);
+        }
+        let e = PollLayer {
+            budget_us: Some(0),
+            ..PollLayer::default()
+        }
+        .build(IommuMode::Strict)
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("budget 0") && e.contains("1 to 1000000"), "{e}");
+        let e = PollLayer {
+            cpu: Some(100_000),
+            ..PollLayer::default()
+        }
+        .build(IommuMode::Strict)
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("CPU 100000"), "{e}");
+        let e = parse_poll_mode("busy").unwrap_err().to_string();
+        assert!(e.contains("busy") && e.contains("adaptive"), "{e}");
+    }
+
+    #[test]
     fn file_sections_parse_and_validate() {
         let base = std::path::Path::new("/cfg");
         let l = super::super::file::parse(
@@ -126,6 +245,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("[iommu] mode") || e.contains("fast"), "{e}");
+        let l = super::super::file::parse(
+            "[iommu]\npoll = \"adaptive\"\npoll_budget_us = 300\npoll_cpu = 0\n",
+            "t.toml",
+            base,
+        )
+        .unwrap();
+        assert_eq!(l.iommu_poll.mode, Some(PollMode::Adaptive));
+        assert_eq!(l.iommu_poll.budget_us, Some(300));
+        assert_eq!(l.iommu_poll.cpu, Some(0));
+        let e = super::super::file::parse("[iommu]\npoll = \"fast\"\n", "t.toml", base)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[iommu] poll") && e.contains("fast"), "{e}");
         let e = super::super::file::parse("[iommu]\nmodes = \"lazy\"\n", "t.toml", base)
             .unwrap_err()
             .to_string();
