@@ -12,7 +12,9 @@ sudo_if() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; t
 # Installs missing Debian packages.
 lab_packages() {
   local need=()
-  for p in qemu-system-x86 busybox-static cpio xz-utils zstd iproute2 gzip coreutils; do
+  # redis-tools: redis-benchmark for L1 and the server binary for L2
+  # (redis-check-rdb is redis-server under another name; no service).
+  for p in qemu-system-x86 busybox-static cpio xz-utils zstd iproute2 gzip coreutils redis-tools; do
     dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
   done
   if [ ${#need[@]} -gt 0 ]; then
@@ -90,6 +92,8 @@ lab_images() {
     cp "$LAB_DIR/scenarios/$1/l2.sh" "$LAB_CACHE/l2root/scenario.sh"
     mkdir -p "$LAB_CACHE/l2root/lib/lab"
     cp "$LAB_DIR"/lib/l2-*.sh "$LAB_CACHE/l2root/lib/lab/" 2>/dev/null || true
+    # Scenarios with a Redis workload (a `redis` file) get the server.
+    [ -f "$LAB_DIR/scenarios/$1/redis" ] && lab_copy_binary /usr/bin/redis-check-rdb "$LAB_CACHE/l2root" /bin/redis-server
     lab_cpio "$LAB_CACHE/l2root" "$l2"
   fi
   L2_IMAGE=$l2
@@ -124,6 +128,7 @@ lab_stage() {
     strip --strip-debug "$root/stage/iovmm" 2>/dev/null || true  # smaller initrd; symbols stay
   fi
   lab_copy_binary "$(command -v ip)" "$root" /sbin/ip.full
+  [ -f "$LAB_DIR/scenarios/$1/redis" ] && lab_copy_binary /usr/bin/redis-benchmark "$root" /sbin/redis-benchmark
   (cd "$root" && find . | cpio -o -H newc 2>/dev/null) > "$3/stage.cpio" || die "cannot build the stage archive"
   # The kernel finds an uncompressed archive only at a 4-byte aligned
   # offset; zeros between archives are skipped.

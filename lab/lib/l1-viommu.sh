@@ -4,6 +4,11 @@
 # MODE=off); 16 MiB move each way over the network and through the disk;
 # the VMM's stats are checked for the shape the mode implies, and one
 # LAB-ROW line sums the run up for the demo's table.
+# POLL (viommu-poll, the poll comparison): the request queue is polled
+# (--iommu-poll $POLL, budget scaled for emulation) and L2 idles after the
+# transfers so that the idle poll thread can be measured.
+POLL_ARGS=""; [ -n "$POLL" ] && POLL_ARGS="--iommu-poll $POLL --iommu-poll-budget-us ${POLL_BUDGET_US:-20000}"
+SAMPLE_IF=tap0
 [ -e /sys/class/net/tap0 ] || make_tap tap0 10.99.0.1/24 || check net-setup 0 "cannot create tap0"
 killall nc 2>/dev/null
 rm -f /tmp/stats.json /tmp/rx.bin
@@ -17,8 +22,8 @@ TX_SHA=$(sha256sum /tmp/tx.bin | cut -c1-64)
 nc -l -p 5001 -e cat /tmp/tx.bin &
 ( nc -l -p 5002 > /tmp/rx.bin; nc -l -p 5003 -e echo received ) &
 T0=$(cut -d' ' -f1 /proc/uptime)
-run_l2 "console=ttyS0 panic=-1 $L2_QUIET lab.mode=$MODE lab.mib=$MIB lab.disk_sha=$DISK_SHA lab.tx_sha=$TX_SHA" \
-  --disk /tmp/disk.img --net tap0 --iommu "$MODE"
+run_l2 "console=ttyS0 panic=-1 $L2_QUIET lab.mode=$MODE lab.mib=$MIB lab.disk_sha=$DISK_SHA lab.tx_sha=$TX_SHA lab.idle=${POLL:+5}" \
+  --disk /tmp/disk.img --net tap0 --iommu "$MODE" --extra "$POLL_ARGS"
 echo "LAB-L1 l2 run took $(echo "$(cut -d' ' -f1 /proc/uptime) $T0" | awk '{print $1-$2}')s"
 [ "$L2_EXIT" = 0 ]; check vmm-exit $((! $?)) "exit=$L2_EXIT"
 W=$(dd if=/tmp/disk.img bs=1M skip=20 count=$MIB 2>/dev/null | sha256sum | cut -c1-64)
@@ -35,17 +40,8 @@ stat() {
     (sec == "\"\"" || insec) && $1 == key":" { gsub(/[,]/, "", $2); print $2; exit }
   ' /tmp/stats.json
 }
-L1L2=$(sed -n 's/.*LAB-L2 timing l1_to_l2_s=\([0-9.]*\).*/\1/p' /tmp/l2.log | tail -1)
-L2L1=$(sed -n 's/.*LAB-L2 timing.* l2_to_l1_s=\([0-9.]*\).*/\1/p' /tmp/l2.log | tail -1)
-ROW="LAB-ROW mode=$MODE mib=$MIB l1_to_l2_s=$L1L2 l2_to_l1_s=$L2L1"
-if [ -f /tmp/stats.json ]; then
-  for f in map:viommu.requests.map unmap:viommu.requests.unmap notifications:viommu.notifications \
-      unmap_batches:viommu.unmap_batches map_p50_ns:viommu.latency.map.p50_ns \
-      unmap_p50_ns:viommu.latency.unmap.p50_ns faults:viommu.faults; do
-    v=$(jpath "${f#*:}"); [ -n "$v" ] && ROW="$ROW ${f%%:*}=$v"
-  done
-fi
-[ "$L2_EXIT" = 0 ] && echo "$ROW"
+rm -f /tmp/redis.csv
+emit_row
 if [ "$MODE" = off ]; then
   check stats-shape 1 "not applicable: no virtual IOMMU"
 elif [ "$VMM" = qemu ]; then
@@ -58,7 +54,8 @@ elif [ -f /tmp/stats.json ]; then
   case "$MODE" in
     strict)
       [ "${MAPS:-0}" -gt 0 ] && [ $((UNMAPS * 10)) -ge $((MAPS * 8)) ] && [ $((UNMAPS * 10)) -le $((MAPS * 12)) ]
-      check stats-shape $((! $?)) "map=$MAPS unmap=$UNMAPS (strict: both >0, unmap ~ map)";;
+      check stats-shape $((! $?)) "map=$MAPS unmap=$UNMAPS (strict: both >0, unmap ~ map)"
+      [ -n "$POLL" ] && poll_checks "";;
     lazy)
       [ "${UNMAPS:-0}" -gt 0 ] && [ $((UB * 2)) -lt "$UNMAPS" ]
       check stats-shape $((! $?)) "unmap=$UNMAPS in $UB batches (lazy: batched)";;

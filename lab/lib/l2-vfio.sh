@@ -16,6 +16,7 @@ if [ "$MODE" != off ]; then
   [ "$T" = "$WANT" ]; check group-type-$ROUND $((! $?)) "want $WANT: $T"
 fi
 ping -c 2 -W 5 10.99.1.1 >/dev/null; check net-ping-$ROUND $((! $?)) "$IF"
+mark net-start
 T0=$(cut -d' ' -f1 /proc/uptime)
 timeout 300 nc 10.99.1.1 5001 > /tmp/in.bin
 T1=$(cut -d' ' -f1 /proc/uptime)
@@ -24,7 +25,21 @@ SHA=$(sha256sum /tmp/in.bin | cut -c1-64)
 rm -f /tmp/in.bin
 dd if=/dev/urandom of=/tmp/out.bin bs=1M count=$MIB 2>/dev/null
 echo "LAB-L2 out_sha=$(sha256sum /tmp/out.bin | cut -c1-64)"
+T2=$(cut -d' ' -f1 /proc/uptime)
 timeout 300 nc 10.99.1.1 5002 -e cat /tmp/out.bin
+T3=$(cut -d' ' -f1 /proc/uptime)
+mark net-end
+echo "LAB-L2 timing l1_to_l2_s=$(echo "$T1 $T0" | awk '{print $1-$2}') l2_to_l1_s=$(echo "$T3 $T2" | awk '{print $1-$2}')"
+# lab.redis=1: serve Redis until L1's redis-benchmark is done (L1 answers
+# "done" on port 5004).
+if [ "$(arg redis)" = 1 ]; then
+  redis-server --port 6379 --save '' --appendonly no --protected-mode no --daemonize yes --logfile /tmp/redis.log
+  sleep 2
+  mark redis-ready
+  i=0; until [ "$(timeout 5 nc 10.99.1.1 5004 2>/dev/null)" = done ] || [ $i -ge 300 ]; do i=$((i + 1)); sleep 1; done
+  mark redis-end
+fi
+idle_phase
 i=0
 until [ "$(timeout 5 nc 10.99.1.1 5003 2>/dev/null)" = received ] || [ $i -ge 60 ]; do i=$((i + 1)); sleep 1; done
 # Take the link down while the virtual IOMMU still serves requests: the

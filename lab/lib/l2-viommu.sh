@@ -26,6 +26,7 @@ SHA=$(head -c $((MIB << 20)) /dev/vda | sha256sum | cut -c1-64)
 IF=$(ls /sys/class/net | grep -v '^lo$' | head -1)
 ip link set lo up; ip link set "$IF" up; ip addr add 10.99.0.2/24 dev "$IF"
 ping -c 2 -W 3 10.99.0.1 >/dev/null; check net-ping $((! $?)) "$IF"
+mark net-start
 T0=$(cut -d' ' -f1 /proc/uptime)
 timeout 300 nc 10.99.0.1 5001 > /tmp/in.bin
 T1=$(cut -d' ' -f1 /proc/uptime)
@@ -37,6 +38,8 @@ head -c $((MIB << 20)) /dev/vda > /tmp/out.bin
 T2=$(cut -d' ' -f1 /proc/uptime)
 timeout 300 nc 10.99.0.1 5002 -e cat /tmp/out.bin
 T3=$(cut -d' ' -f1 /proc/uptime)
+mark net-end
 echo "LAB-L2 timing l1_to_l2_s=$(echo "$T1 $T0" | awk '{print $1-$2}') l2_to_l1_s=$(echo "$T3 $T2" | awk '{print $1-$2}')"
 i=0
 until [ "$(timeout 5 nc 10.99.0.1 5003 2>/dev/null)" = received ] || [ $i -ge 60 ]; do i=$((i + 1)); sleep 1; done
+idle_phase

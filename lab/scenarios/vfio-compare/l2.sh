@@ -1,0 +1,1 @@
+. /lib/lab/l2-vfio.sh
