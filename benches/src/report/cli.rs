@@ -5,18 +5,23 @@ use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
-use super::{output, parse_rows, plot, summarize, ReportError};
+use super::{output, parse_rows, plot, summarize, ModeSummary, ReportError};
 
 /// The help text printed by `--help`.
 pub const USAGE: &str = "\
 usage: iovmm-report ROWS_FILE --out-dir DIR [--title T]
 
 Reads the LAB-ROW lines of a lab run from ROWS_FILE (- for stdin), keeps the
-last row of each mode (off, passthrough, lazy, strict) and writes
+last row of each mode (off, passthrough, lazy, lazy+poll, strict, strict+poll;
+only modes present are reported) and writes
   DIR/modes.csv      every figure, one line per mode
   DIR/modes.svg      L1->L2 and L2->L1 throughput in MiB/s
   DIR/requests.svg   MAP, UNMAP, notifications and UNMAP passes (log scale)
+  DIR/exits.svg      L1 KVM exits per packet (if a row has exits_per_packet)
+  DIR/relative.svg   transfer and Redis SET/GET throughput as % of off
+                     (if a row has redis_set_rps or redis_get_rps)
 then prints a table comparing the modes, throughput relative to off included.
+Columns for exits, polling and Redis appear only when a row has those fields.
 DIR is created if needed. T titles the charts (default: \"iovmm IOMMU modes\").
 Exit status: 0 on success, 2 on any error.
 ";
@@ -93,8 +98,24 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, R
     }))
 }
 
-/// Runs a report: reads the rows, writes the three files and prints the table
-/// and the paths written to `stdout`. Input bytes that are not UTF-8 (serial
+/// Whether some row of `modes` has `exits_per_packet`: then `exits.svg` is
+/// written.
+pub fn wants_exits_chart(modes: &[ModeSummary]) -> bool {
+    modes.iter().any(|m| m.row.exits_per_packet.is_some())
+}
+
+/// Whether some row of `modes` has a Redis rate: then `relative.svg` is
+/// written.
+pub fn wants_relative_chart(modes: &[ModeSummary]) -> bool {
+    modes
+        .iter()
+        .any(|m| m.row.redis_set_rps.is_some() || m.row.redis_get_rps.is_some())
+}
+
+/// Runs a report: reads the rows, writes the CSV file and the charts (three
+/// files always, `exits.svg` and `relative.svg` when [`wants_exits_chart`]
+/// and [`wants_relative_chart`] say so) and prints the table and the paths
+/// written to `stdout`. Input bytes that are not UTF-8 (serial
 /// console noise, say) are replaced, not rejected.
 pub fn run(args: &Args, stdin: &mut dyn Read, stdout: &mut dyn Write) -> Result<(), ReportError> {
     let name = args
@@ -126,10 +147,21 @@ pub fn run(args: &Args, stdin: &mut dyn Read, stdout: &mut dyn Write) -> Result<
     plot::write_throughput_svg(&throughput, &args.title, &modes)?;
     let requests = args.out_dir.join("requests.svg");
     plot::write_requests_svg(&requests, &args.title, &modes)?;
+    let mut written = vec![csv, throughput, requests];
+    if wants_exits_chart(&modes) {
+        let exits = args.out_dir.join("exits.svg");
+        plot::write_exits_svg(&exits, &args.title, &modes)?;
+        written.push(exits);
+    }
+    if wants_relative_chart(&modes) {
+        let relative = args.out_dir.join("relative.svg");
+        plot::write_relative_svg(&relative, &args.title, &modes)?;
+        written.push(relative);
+    }
 
     let mut text = output::table(&modes);
     text.push('\n');
-    for path in [&csv, &throughput, &requests] {
+    for path in &written {
         text.push_str(&format!("wrote {}\n", path.display()));
     }
     stdout
@@ -233,6 +265,49 @@ mod tests {
             );
             assert!(std::fs::metadata(&path).unwrap().len() > 0);
         }
+        // Without exits or Redis fields there are no charts of them.
+        for file in ["exits.svg", "relative.svg"] {
+            assert!(!out.contains(file), "{out}");
+            assert!(!out_dir.join(file).exists(), "{file}");
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn exits_and_redis_fields_add_two_charts_and_their_columns() {
+        let dir = std::env::temp_dir().join(format!("iovmm-report-poll-{}", std::process::id()));
+        let input =
+            "LAB-ROW mode=off mib=8 l1_to_l2_s=2 exits_per_packet=0.25 redis_set_rps=2000\n\
+                     LAB-ROW mode=strict+poll mib=8 l1_to_l2_s=8 exits_per_packet=1.25 \
+                     polled=59800 redis_set_rps=900\n";
+        let (code, out, err) = call(&["-", "--out-dir", dir.to_str().unwrap()], input);
+        assert_eq!((code, err.as_str()), (0, ""));
+        assert!(
+            out.lines().next().unwrap().ends_with("SET req/s  vs off"),
+            "{out}"
+        );
+        assert!(out.contains("\nstrict+poll "), "{out}");
+        let files = [
+            "modes.csv",
+            "modes.svg",
+            "requests.svg",
+            "exits.svg",
+            "relative.svg",
+        ];
+        for file in files {
+            let path = dir.join(file);
+            assert!(
+                out.contains(&format!("wrote {}\n", path.display())),
+                "{out}"
+            );
+            assert!(std::fs::metadata(&path).unwrap().len() > 0);
+        }
+        let csv = std::fs::read_to_string(dir.join("modes.csv")).unwrap();
+        assert!(csv
+            .lines()
+            .next()
+            .unwrap()
+            .ends_with(",exits_per_packet,polled,redis_set_rps,redis_set_vs_off_pct"));
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -4,15 +4,30 @@
 //!
 //! ```text
 //! lab: LAB-ROW mode=strict mib=8 l1_to_l2_s=12.3 l2_to_l1_s=10.1 map=35906 unmap=35650
+//! LAB-ROW mode=strict+poll mib=8 l1_to_l2_s=8.0 l2_to_l1_s=9.0 map=30000 unmap=30000 \
+//!   notifications=200 polled=59800 poll_cpu_share=0.41 exits=5000 packets=4000 \
+//!   exits_per_packet=1.25 idle_poll_cpu_pct=0.2 redis_set_rps=900 redis_get_rps=950
 //! ```
+//!
+//! (one line each; the second is wrapped here). The modes, in report order,
+//! are `off`, `passthrough`, `lazy`, `lazy+poll`, `strict` and `strict+poll`;
+//! the `+poll` modes are the same policy with the virtual IOMMU's request
+//! queue polled (see [`Mode`]). Only the modes present in the input are
+//! reported.
 //!
 //! Fields are `key=value` pairs in any order. Numeric fields may be missing
 //! (mode `off` has no virtual IOMMU, so it has no request counters); a missing
 //! or empty value is *absent*, never zero. Unknown keys are ignored so that
-//! the lab can add fields without breaking older reports.
+//! the lab can add fields without breaking older reports. Besides the
+//! transfer (`mib`, `l1_to_l2_s`, `l2_to_l1_s`) and the vIOMMU counters, a
+//! row may carry the L1 KVM exits of the transfer (`exits`, `packets`,
+//! `exits_per_packet`), the polling figures (`polled`, `poll_cpu_share`,
+//! `idle_poll_cpu_pct`) and a Redis benchmark (`redis_set_rps`,
+//! `redis_get_rps`); every field is documented on [`LabRow`].
 //!
 //! [`parse_rows`] turns the text into one [`LabRow`] per mode and
-//! [`summarize`] adds throughput in MiB/s and throughput relative to `off`.
+//! [`summarize`] adds throughput in MiB/s, and transfer and Redis throughput
+//! relative to `off` (SET and GET separately).
 //! The [`output`] module renders CSV and the text table, [`plot`] the SVG
 //! charts and [`cli`] ties them together for the `iovmm-report` binary.
 
@@ -34,13 +49,26 @@ pub enum Mode {
     Passthrough,
     /// Translated DMA with batched (deferred) UNMAP requests.
     Lazy,
+    /// [`Mode::Lazy`] with the virtual IOMMU's request queue polled by a
+    /// host thread instead of waiting for the guest's kicks.
+    LazyPoll,
     /// Translated DMA with one UNMAP request per unmapped buffer.
     Strict,
+    /// [`Mode::Strict`] with the virtual IOMMU's request queue polled by a
+    /// host thread instead of waiting for the guest's kicks.
+    StrictPoll,
 }
 
 impl Mode {
     /// Every mode, in the order reports list them.
-    pub const ALL: [Mode; 4] = [Mode::Off, Mode::Passthrough, Mode::Lazy, Mode::Strict];
+    pub const ALL: [Mode; 6] = [
+        Mode::Off,
+        Mode::Passthrough,
+        Mode::Lazy,
+        Mode::LazyPoll,
+        Mode::Strict,
+        Mode::StrictPoll,
+    ];
 
     /// The name used in `mode=` fields and in every output.
     pub fn name(self) -> &'static str {
@@ -48,7 +76,9 @@ impl Mode {
             Mode::Off => "off",
             Mode::Passthrough => "passthrough",
             Mode::Lazy => "lazy",
+            Mode::LazyPoll => "lazy+poll",
             Mode::Strict => "strict",
+            Mode::StrictPoll => "strict+poll",
         }
     }
 
@@ -129,6 +159,27 @@ pub struct LabRow {
     pub unmap_p50_ns: Option<u64>,
     /// Faults the virtual IOMMU reported.
     pub faults: Option<u64>,
+    /// L1 KVM exits during the transfer (`exits`).
+    pub exits: Option<u64>,
+    /// Network packets during the transfer (`packets`).
+    pub packets: Option<u64>,
+    /// L1 KVM exits per network packet during the transfer
+    /// (`exits_per_packet`, as the lab computed it from `exits / packets`).
+    pub exits_per_packet: Option<f64>,
+    /// Requests the virtual IOMMU served by polling its queue (`polled`).
+    pub polled: Option<u64>,
+    /// Share of one host core the poll thread used over the run
+    /// (`poll_cpu_share`, normally 0 to 1).
+    pub poll_cpu_share: Option<f64>,
+    /// Percent of one host core the poll thread used while the guest was
+    /// idle (`idle_poll_cpu_pct`).
+    pub idle_poll_cpu_pct: Option<f64>,
+    /// Redis SET requests per second (`redis_set_rps`), measured by
+    /// redis-benchmark in L1 against a redis-server in L2.
+    pub redis_set_rps: Option<f64>,
+    /// Redis GET requests per second (`redis_get_rps`), measured like
+    /// [`LabRow::redis_set_rps`].
+    pub redis_get_rps: Option<f64>,
 }
 
 impl LabRow {
@@ -146,6 +197,14 @@ impl LabRow {
             map_p50_ns: None,
             unmap_p50_ns: None,
             faults: None,
+            exits: None,
+            packets: None,
+            exits_per_packet: None,
+            polled: None,
+            poll_cpu_share: None,
+            idle_poll_cpu_pct: None,
+            redis_set_rps: None,
+            redis_get_rps: None,
         }
     }
 
@@ -160,7 +219,12 @@ impl LabRow {
                 .ok_or_else(|| format!("field `{token}` is not key=value"))?;
             if key == "mode" {
                 mode = Some(Mode::from_name(value).ok_or_else(|| {
-                    format!("unknown mode `{value}` (expected off, passthrough, lazy or strict)")
+                    let names = Mode::ALL.map(Mode::name);
+                    let (last, rest) = names.split_last().expect("there are modes");
+                    format!(
+                        "unknown mode `{value}` (expected {} or {last})",
+                        rest.join(", ")
+                    )
                 })?);
                 continue;
             }
@@ -185,6 +249,14 @@ impl LabRow {
                 "map_p50_ns" => row.map_p50_ns = count()?,
                 "unmap_p50_ns" => row.unmap_p50_ns = count()?,
                 "faults" => row.faults = count()?,
+                "exits" => row.exits = count()?,
+                "packets" => row.packets = count()?,
+                "exits_per_packet" => row.exits_per_packet = real()?,
+                "polled" => row.polled = count()?,
+                "poll_cpu_share" => row.poll_cpu_share = real()?,
+                "idle_poll_cpu_pct" => row.idle_poll_cpu_pct = real()?,
+                "redis_set_rps" => row.redis_set_rps = real()?,
+                "redis_get_rps" => row.redis_get_rps = real()?,
                 _ => {} // Unknown keys are for newer reports.
             }
         }
@@ -206,7 +278,7 @@ fn parse_real(key: &str, value: &str) -> Result<f64, String> {
 /// [`Mode::ALL`] order. A later row for a mode replaces an earlier one.
 /// `input` names the source in error messages.
 pub fn parse_rows(text: &str, input: &str) -> Result<Vec<LabRow>, ReportError> {
-    let mut latest: [Option<LabRow>; 4] = Default::default();
+    let mut latest: [Option<LabRow>; Mode::ALL.len()] = std::array::from_fn(|_| None);
     let mut found = false;
     for (index, line) in text.lines().enumerate() {
         let Some(fields) = row_fields(line) else {
@@ -279,10 +351,16 @@ pub struct ModeSummary {
     pub l1_to_l2_vs_off_pct: Option<f64>,
     /// L2→L1 throughput as a percentage of mode `off`'s.
     pub l2_to_l1_vs_off_pct: Option<f64>,
+    /// Redis SET requests per second as a percentage of mode `off`'s.
+    pub redis_set_vs_off_pct: Option<f64>,
+    /// Redis GET requests per second as a percentage of mode `off`'s.
+    pub redis_get_vs_off_pct: Option<f64>,
 }
 
 /// Derives throughput and throughput relative to `off` (absent when there is
-/// no `off` row or its throughput is unknown) for each row, keeping order.
+/// no `off` row or its figure is unknown) for each row, keeping order.
+/// Redis SET and GET are each compared with `off`'s own SET and GET rate;
+/// they are not averaged.
 pub fn summarize(rows: &[LabRow]) -> Vec<ModeSummary> {
     let rate = |r: &LabRow| {
         (
@@ -290,11 +368,9 @@ pub fn summarize(rows: &[LabRow]) -> Vec<ModeSummary> {
             throughput_mib_s(r.mib, r.l2_to_l1_s),
         )
     };
-    let (off_up, off_down) = rows
-        .iter()
-        .find(|r| r.mode == Mode::Off)
-        .map(rate)
-        .unwrap_or((None, None));
+    let off = rows.iter().find(|r| r.mode == Mode::Off);
+    let (off_up, off_down) = off.map(rate).unwrap_or((None, None));
+    let (off_set, off_get) = off.map_or((None, None), |r| (r.redis_set_rps, r.redis_get_rps));
     rows.iter()
         .map(|row| {
             let (up, down) = rate(row);
@@ -304,6 +380,8 @@ pub fn summarize(rows: &[LabRow]) -> Vec<ModeSummary> {
                 l2_to_l1_mib_s: down,
                 l1_to_l2_vs_off_pct: relative_pct(up, off_up),
                 l2_to_l1_vs_off_pct: relative_pct(down, off_down),
+                redis_set_vs_off_pct: relative_pct(row.redis_set_rps, off_set),
+                redis_get_vs_off_pct: relative_pct(row.redis_get_rps, off_get),
             }
         })
         .collect()

@@ -1,6 +1,6 @@
 //! SVG charts of a report, drawn with `plotters`' SVG backend.
 //!
-//! Two grouped bar charts, one group of bars per mode:
+//! Grouped bar charts, one group of bars per mode present in the report:
 //!
 //! * [`write_throughput_svg`]: L1→L2 and L2→L1 throughput in MiB/s on a
 //!   linear axis starting at zero, so bar heights compare directly;
@@ -8,10 +8,17 @@
 //!   passes on a **logarithmic** axis, because lazy mode's passes and
 //!   passthrough's (near) zero MAP requests sit orders of magnitude below
 //!   strict mode's counts. A zero count is drawn as a `0` label on the
-//!   baseline, and a mode without counters (`off`) as `n/a`.
+//!   baseline, and a mode without counters (`off`) as `n/a`;
+//! * [`write_exits_svg`] (when a row has `exits_per_packet`): L1 KVM exits
+//!   per network packet on a linear axis;
+//! * [`write_relative_svg`] (when a row has a Redis rate): L1→L2 and L2→L1
+//!   throughput and Redis SET and GET requests per second, each as a
+//!   percentage of mode `off`'s, on a linear axis.
 //!
-//! Every bar carries its value as a label. Text is left to the SVG viewer's
-//! fonts, so no font library is needed.
+//! A mode without any value in a chart shows `n/a`. Every bar carries its
+//! value as a label; charts with many bars are wider than [`SIZE`] so that
+//! labels keep clear of each other. Text is left to the SVG viewer's fonts,
+//! so no font library is needed.
 
 use std::ops::Range;
 use std::path::Path;
@@ -22,8 +29,22 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::{ModeSummary, ReportError};
 
-/// Width and height of each SVG, in pixels.
+/// Width and height of each SVG, in pixels. A chart with too many bars
+/// for [`PX_PER_BAR`] each is wider.
 pub const SIZE: (u32, u32) = (900, 540);
+
+/// The width each bar (with its share of the gaps) gets at least, in pixels.
+pub const PX_PER_BAR: u32 = 50;
+
+/// Pixels of a chart's width outside the bars: margins and the value axis.
+const FRAME_PX: u32 = 112;
+
+/// The width of a chart of `groups` groups of `bars` bars each.
+fn chart_width(groups: usize, bars: usize) -> u32 {
+    let bars = u32::try_from(groups * bars).unwrap_or(u32::MAX);
+    SIZE.0
+        .max(FRAME_PX.saturating_add(bars.saturating_mul(PX_PER_BAR)))
+}
 
 /// Bar colours, one per series.
 const COLOURS: [RGBColor; 4] = [
@@ -42,8 +63,36 @@ struct Series {
 /// How the value axis of a chart is scaled.
 #[derive(Clone, Copy, PartialEq)]
 enum Scale {
-    Linear,
+    /// From zero to the largest value times `headroom`.
+    Linear { headroom: f64 },
+    /// From 1 to two decades above the largest value.
     Log,
+}
+
+/// Everything about a chart but its data.
+struct Chart {
+    caption: String,
+    y_desc: &'static str,
+    scale: Scale,
+    /// Formats the value label of a bar.
+    value_label: fn(f64) -> String,
+    legend: SeriesLabelPosition,
+}
+
+/// Headroom above the tallest bar on a linear axis, for labels and legend.
+const HEADROOM: f64 = 1.3;
+
+fn two_decimals(v: f64) -> String {
+    format!("{v:.2}")
+}
+
+fn whole_percent(v: f64) -> String {
+    format!("{v:.0}%")
+}
+
+/// The names of the modes of `modes`, in order: the chart groups.
+fn mode_names(modes: &[ModeSummary]) -> Vec<&'static str> {
+    modes.iter().map(|m| m.row.mode.name()).collect()
 }
 
 /// Writes the throughput chart of `modes` to `path`, titled `title`.
@@ -62,19 +111,15 @@ pub fn write_throughput_svg(
             values: modes.iter().map(|m| m.l2_to_l1_mib_s).collect(),
         },
     ];
-    let caption = format!("{title}: throughput per mode");
-    let names: Vec<&str> = modes.iter().map(|m| m.row.mode.name()).collect();
-    // Mode off, the fastest, is on the left: the legend goes right.
-    let legend = SeriesLabelPosition::UpperRight;
-    draw(
-        path,
-        &caption,
-        "MiB/s",
-        &names,
-        &series,
-        Scale::Linear,
-        legend,
-    )
+    let chart = Chart {
+        caption: format!("{title}: throughput per mode"),
+        y_desc: "MiB/s",
+        scale: Scale::Linear { headroom: HEADROOM },
+        value_label: two_decimals,
+        // Mode off, the fastest, is on the left: the legend goes right.
+        legend: SeriesLabelPosition::UpperRight,
+    };
+    draw(path, &chart, &mode_names(modes), &series)
 }
 
 /// Writes the vIOMMU request chart of `modes` to `path`, titled `title`.
@@ -93,30 +138,76 @@ pub fn write_requests_svg(
         counts("notifications", |m| m.row.notifications),
         counts("UNMAP passes", |m| m.row.unmap_batches),
     ];
-    let caption = format!("{title}: vIOMMU requests per mode");
-    let names: Vec<&str> = modes.iter().map(|m| m.row.mode.name()).collect();
-    // Mode off, without counters, is on the left: the legend goes there.
-    let legend = SeriesLabelPosition::UpperLeft;
-    let y_desc = "count (log scale)";
-    draw(path, &caption, y_desc, &names, &series, Scale::Log, legend)
+    let chart = Chart {
+        caption: format!("{title}: vIOMMU requests per mode"),
+        y_desc: "count (log scale)",
+        scale: Scale::Log,
+        value_label: compact_count,
+        // Mode off, without counters, is on the left: the legend goes there.
+        legend: SeriesLabelPosition::UpperLeft,
+    };
+    draw(path, &chart, &mode_names(modes), &series)
+}
+
+/// Writes the chart of L1 KVM exits per network packet of `modes` to
+/// `path`, titled `title`. Meant for reports where some row has
+/// `exits_per_packet`; modes without it show `n/a`.
+pub fn write_exits_svg(path: &Path, title: &str, modes: &[ModeSummary]) -> Result<(), ReportError> {
+    let series = vec![Series {
+        name: "L1 KVM exits per packet",
+        values: modes.iter().map(|m| m.row.exits_per_packet).collect(),
+    }];
+    let chart = Chart {
+        caption: format!("{title}: L1 KVM exits per network packet"),
+        y_desc: "exits per packet",
+        scale: Scale::Linear { headroom: HEADROOM },
+        value_label: two_decimals,
+        // Mode off, with the fewest exits, is on the left: the legend goes there.
+        legend: SeriesLabelPosition::UpperLeft,
+    };
+    draw(path, &chart, &mode_names(modes), &series)
+}
+
+/// Writes the chart of throughput relative to mode `off` of `modes` to
+/// `path`, titled `title`: L1→L2 and L2→L1 transfer throughput and Redis SET
+/// and GET requests per second, each as a percentage of `off`'s (which is
+/// 100% by definition). Meant for reports where some row has a Redis rate.
+pub fn write_relative_svg(
+    path: &Path,
+    title: &str,
+    modes: &[ModeSummary],
+) -> Result<(), ReportError> {
+    let pct = |name, get: fn(&ModeSummary) -> Option<f64>| Series {
+        name,
+        values: modes.iter().map(get).collect(),
+    };
+    let series = vec![
+        pct("L1\u{2192}L2", |m| m.l1_to_l2_vs_off_pct),
+        pct("L2\u{2192}L1", |m| m.l2_to_l1_vs_off_pct),
+        pct("Redis SET", |m| m.redis_set_vs_off_pct),
+        pct("Redis GET", |m| m.redis_get_vs_off_pct),
+    ];
+    let chart = Chart {
+        caption: format!("{title}: throughput relative to off"),
+        y_desc: "% of mode off",
+        // Four legend entries need more room above the bars.
+        scale: Scale::Linear { headroom: 1.6 },
+        value_label: whole_percent,
+        // Mode off, at 100%, is on the left: the legend goes right.
+        legend: SeriesLabelPosition::UpperRight,
+    };
+    draw(path, &chart, &mode_names(modes), &series)
 }
 
 /// Draws one grouped bar chart (one group per name in `groups`, one bar per
 /// series in each group) into a new SVG file at `path`.
-fn draw(
-    path: &Path,
-    caption: &str,
-    y_desc: &str,
-    groups: &[&str],
-    series: &[Series],
-    scale: Scale,
-    legend: SeriesLabelPosition,
-) -> Result<(), ReportError> {
+fn draw(path: &Path, chart: &Chart, groups: &[&str], series: &[Series]) -> Result<(), ReportError> {
     let fail = |e: &dyn std::fmt::Display| ReportError::Write {
         path: path.display().to_string(),
         message: e.to_string(),
     };
-    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    let size = (chart_width(groups.len(), series.len()), SIZE.1);
+    let root = SVGBackend::new(path, size).into_drawing_area();
     root.fill(&WHITE).map_err(|e| fail(&e))?;
     let max = series
         .iter()
@@ -125,7 +216,7 @@ fn draw(
     let x_range = GroupAxis(groups.len().max(1));
     let mut builder = ChartBuilder::on(&root);
     builder
-        .caption(caption, ("sans-serif", 28))
+        .caption(&chart.caption, ("sans-serif", 28))
         .margin(16)
         .x_label_area_size(48)
         .y_label_area_size(80);
@@ -139,15 +230,28 @@ fn draw(
     };
     let bars = BarLayout {
         slots: series.len(),
-        base: if scale == Scale::Log { 1.0 } else { 0.0 },
-        value_label: if scale == Scale::Log {
-            compact_count
-        } else {
-            |v| format!("{v:.2}")
-        },
-        legend,
+        base: if chart.scale == Scale::Log { 1.0 } else { 0.0 },
+        value_label: chart.value_label,
+        legend: chart.legend.clone(),
     };
-    if scale == Scale::Log {
+    let y_desc = chart.y_desc;
+    if let Scale::Linear { headroom } = chart.scale {
+        let top = if max > 0.0 { max * headroom } else { 1.0 };
+        let mut chart = builder
+            .build_cartesian_2d(x_range, 0.0..top)
+            .map_err(|e| fail(&e))?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .max_light_lines(1)
+            .x_desc("mode")
+            .y_desc(y_desc)
+            .x_label_formatter(&label)
+            .label_style(("sans-serif", 18))
+            .draw()
+            .map_err(|e| fail(&e))?;
+        bars.draw(&mut chart, series).map_err(|e| fail(&e))?;
+    } else {
         // Two decades of headroom keep value labels clear of the legend.
         let top = (max * 100.0).max(100.0);
         let mut chart = builder
@@ -161,22 +265,6 @@ fn draw(
             .y_desc(y_desc)
             .x_label_formatter(&label)
             .y_label_formatter(&|v: &f64| compact_count(*v))
-            .label_style(("sans-serif", 18))
-            .draw()
-            .map_err(|e| fail(&e))?;
-        bars.draw(&mut chart, series).map_err(|e| fail(&e))?;
-    } else {
-        let top = if max > 0.0 { max * 1.3 } else { 1.0 };
-        let mut chart = builder
-            .build_cartesian_2d(x_range, 0.0..top)
-            .map_err(|e| fail(&e))?;
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .max_light_lines(1)
-            .x_desc("mode")
-            .y_desc(y_desc)
-            .x_label_formatter(&label)
             .label_style(("sans-serif", 18))
             .draw()
             .map_err(|e| fail(&e))?;
