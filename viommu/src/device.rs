@@ -50,6 +50,9 @@ pub struct IommuState {
     pub stats: Arc<Stats>,
     faults: Mutex<VecDeque<Fault>>,
     fault_evt: EventFd,
+    /// Faults queued so far (after the queue holds them): what a polling
+    /// worker watches instead of `fault_evt`.
+    pub(crate) faults_queued: std::sync::atomic::AtomicU64,
 }
 
 impl IommuState {
@@ -60,11 +63,21 @@ impl IommuState {
             stats: Arc::new(Stats::default()),
             faults: Mutex::new(VecDeque::new()),
             fault_evt: EventFd::new(libc::EFD_NONBLOCK)?,
+            faults_queued: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
     fn tables(&self) -> std::sync::RwLockWriteGuard<'_, Tables> {
         self.tables.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True while fault events wait for event-queue buffers.
+    pub(crate) fn has_pending_faults(&self) -> bool {
+        !self
+            .faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
     }
 
     /// Records a refused device access and queues its fault event.
@@ -94,6 +107,7 @@ impl IommuState {
             address: iova,
         });
         drop(q);
+        self.faults_queued.fetch_add(1, Ordering::Release);
         let _ = self.fault_evt.write(1);
     }
 

@@ -350,3 +350,66 @@ fn always_polling_stops_on_request() {
     assert_eq!(s.stats.poll.sessions.load(Ordering::Relaxed), 1);
     assert!(kicks <= 2, "{kicks} kicks for {sent} requests");
 }
+
+/// While the worker polls (its event loop does not run), a fault reported
+/// by a device still reaches the event queue.
+#[test]
+fn faults_are_delivered_while_polling() {
+    use crate::poll::PollMode;
+    use crate::tables::FaultReason;
+    use std::time::Duration;
+
+    let s = state();
+    let tq = TestQueue::new(16);
+    let mut w = worker(&s, &tq);
+    w.poll = PollConfig {
+        mode: PollMode::Always,
+        ..PollConfig::default()
+    };
+    // An 8-entry event queue at 0x80000 in the same RAM, one 24-byte
+    // device-writable buffer at 0x90000 made available.
+    let ram = &tq.ram;
+    ram.write_obj(0x90000u64, GuestAddress(0x80000)).unwrap();
+    ram.write_obj(24u32, GuestAddress(0x80008)).unwrap();
+    ram.write_obj(2u16, GuestAddress(0x8000c)).unwrap(); // VRING_DESC_F_WRITE
+    ram.write_obj(0u16, GuestAddress(0x81004)).unwrap(); // avail.ring[0]
+    ram.write_obj(1u16, GuestAddress(0x81002)).unwrap(); // avail.idx
+    let mut q = Queue::new(8).unwrap();
+    q.set_size(8);
+    q.set_desc_table_address(Some(0x80000), Some(0));
+    q.set_avail_ring_address(Some(0x81000), Some(0));
+    q.set_used_ring_address(Some(0x82000), Some(0));
+    q.set_ready(true);
+    w.event = Some((q, EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+    let stopping = w.stopping.clone();
+    let poller = std::thread::spawn(move || {
+        w.poll();
+        w
+    });
+    let t0 = Instant::now();
+    while s.stats.poll.sessions.load(Ordering::Relaxed) == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "polling never started"
+        );
+        std::thread::yield_now();
+    }
+    s.report_fault(8, 0x1234_5000, Permissions::Write, FaultReason::Mapping);
+    let used_idx = || ram.read_obj::<u16>(GuestAddress(0x82002)).unwrap();
+    while used_idx() != 1 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the fault never reached the event queue"
+        );
+        std::thread::yield_now();
+    }
+    stopping.store(true, Ordering::Relaxed);
+    poller.join().unwrap();
+    let ev: [u8; 24] = ram.read_obj(GuestAddress(0x90000)).unwrap();
+    assert_eq!(ev[0], p::FAULT_R_MAPPING);
+    assert_eq!(
+        u64::from_le_bytes(ev[16..24].try_into().unwrap()),
+        0x1234_5000
+    );
+    assert_eq!(s.stats.fault_events.load(Ordering::Relaxed), 1);
+}

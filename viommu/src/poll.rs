@@ -139,7 +139,8 @@ impl IommuWorker {
         let wall0 = Instant::now();
         stats.poll.sessions.fetch_add(1, Ordering::Relaxed);
         let mut last_work = wall0;
-        let mut faults_seen = stats.faults.load(Ordering::Relaxed);
+        let mut faults_seen = self.state.faults_queued.load(Ordering::Acquire);
+        let mut faults_waiting = self.state.has_pending_faults();
         let mut suppressed = self.req.disable_notification(&self.mem).is_ok();
         while suppressed && !self.stopping.load(Ordering::Relaxed) {
             let n = self.drain_requests(true);
@@ -152,12 +153,15 @@ impl IommuWorker {
                 last_work = Instant::now();
                 continue;
             }
-            let f = stats.faults.load(Ordering::Relaxed);
-            if f != faults_seen {
+            // Faults: new ones, or old ones still waiting for event
+            // buffers the driver may have added since.
+            let f = self.state.faults_queued.load(Ordering::Acquire);
+            if f != faults_seen || faults_waiting {
                 faults_seen = f;
                 if self.deliver_faults() {
                     self.signal(EVENT_QUEUE);
                 }
+                faults_waiting = self.state.has_pending_faults();
             }
             if cfg.mode == PollMode::Adaptive && last_work.elapsed() >= cfg.budget {
                 // Handover: notifications on, then one more look, for a
