@@ -26,6 +26,17 @@ if [ -z "$VFIO_READY" ]; then  # once per L1 boot (the poll comparison sources t
   IF=$(ls /sys/bus/pci/devices/$HOSTBDF/net 2>/dev/null | head -1)
   SAMPLE_IF=$IF
   ip addr add 10.99.1.1/24 dev "$IF" && ip link set "$IF" up || check net-setup 0 "L1 e1000e ($HOSTBDF) not up"
+  # Misconfiguration on a real host: a BDF that does not exist and a NIC
+  # still bound to e1000e each give one error line and exit 2.
+  ERRS=""
+  for dev in 0000:00:1f.7 "$HOSTBDF"; do
+    /stage/iovmm run --kernel /stage/bzImage --memory 64M --vfio "$dev" > /tmp/err.out 2> /tmp/err.txt
+    rc=$?; n=$(wc -l < /tmp/err.txt)
+    echo "LAB-L1 --vfio $dev: exit $rc: $(head -c 200 /tmp/err.txt)"
+    [ "$rc" = 2 ] && [ "$n" = 1 ] || ERRS="$ERRS $dev:exit=$rc,lines=$n"
+  done
+  grep -q "not vfio-pci" /tmp/err.txt || ERRS="$ERRS no-binding-hint"
+  [ -z "$ERRS" ]; check vfio-errors $((! $?)) "wrong BDF and unbound NIC:${ERRS:- one line each, exit 2}"
   VFIO_READY=1
 fi
 
