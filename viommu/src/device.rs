@@ -388,10 +388,13 @@ impl IommuWorker {
     /// Handles every available request chain; returns how many. `polled`:
     /// found by the poll loop rather than after a notification.
     pub(crate) fn drain_requests(&mut self, polled: bool) -> u64 {
-        let stats = self.state.stats.clone();
-        let seen = Instant::now();
+        // No allocation, lock or clock read when the ring is empty (the
+        // poll loop calls this continuously).
+        let stats = &*self.state.stats;
+        let mut seen = None;
         let mut n = 0;
         while let Some(chain) = self.req.pop_descriptor_chain(&self.mem) {
+            let seen = *seen.get_or_insert_with(Instant::now);
             let head = chain.head_index();
             self.readable.clear();
             self.writable.clear();
