@@ -41,6 +41,10 @@ errors; relative paths are relative to the file's directory):
   [iommu]
   mode = \"strict\"               # off | passthrough | strict | lazy; default
                                 # strict if a device has iommu = true, else off
+  poll = \"off\"                  # off | adaptive | always: poll the request
+                                # queue (strict and lazy only)
+  poll_budget_us = 200          # adaptive: idle time before notifications
+  poll_cpu = 3                  # pin the virtio-iommu thread (default: none)
   [stats]
   file = \"stats.json\"           # counters as JSON at exit and on SIGUSR1
   [[disk]]                      # one section per virtio-blk disk

@@ -472,7 +472,19 @@ fn examples_parse() {
         names.push(name);
     }
     names.sort();
-    assert_eq!(names, ["boot.toml", "minimal.toml", "readonly-disk.toml"]);
+    assert_eq!(
+        names,
+        [
+            "boot.toml",
+            "cx6-vf-lazy.toml",
+            "cx6-vf-off.toml",
+            "cx6-vf-passthrough.toml",
+            "cx6-vf-strict-poll.toml",
+            "cx6-vf-strict.toml",
+            "minimal.toml",
+            "readonly-disk.toml"
+        ]
+    );
     let fake_kernel = {
         let mut k = vec![0u8; 0x400];
         k[0x202..0x206].copy_from_slice(b"HdrS");
@@ -507,6 +519,13 @@ fn examples_parse() {
                 assert_eq!(c.vcpus, 2);
                 assert_eq!(c.disks.len(), 1);
                 assert_eq!(c.nets.len(), 1);
+            }
+            n if n.starts_with("cx6-vf-") => {
+                assert_eq!(c.vfio.len(), 1);
+                assert_eq!(c.vfio[0].iommu, c.iommu_mode != IommuMode::Off);
+                assert_eq!(c.memory_backing, MemoryBacking::Hugetlbfs);
+                let poll = n == "cx6-vf-strict-poll.toml";
+                assert_eq!(c.iommu_poll.mode == iommu::PollMode::Adaptive, poll);
             }
             _ => assert!(c.disks.iter().any(|d| d.readonly)),
         }
