@@ -244,3 +244,31 @@ fn write_pvh_info(
         .map_err(|e| BootError::Setup(e.to_string()))?;
     Ok(())
 }
+
+/// `cmdline` plus `reboot=k`, unless the user chose a reboot method.
+///
+/// Linux's default emergency restart (a panic with `panic=-1`, SysRq-b)
+/// tries the ACPI reset register first; in the lab that path hung before
+/// reaching the register, so the VM never exited. The keyboard-controller
+/// reset goes straight to iovmm's i8042 and ends the run with exit code 3.
+pub fn cmdline_with_reboot(cmdline: &str) -> String {
+    if cmdline.split_whitespace().any(|w| w.starts_with("reboot=")) {
+        cmdline.to_string()
+    } else {
+        format!("{cmdline} reboot=k")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reboot_method_is_added_unless_chosen() {
+        assert_eq!(
+            cmdline_with_reboot("console=ttyS0"),
+            "console=ttyS0 reboot=k"
+        );
+        assert_eq!(cmdline_with_reboot("reboot=a quiet"), "reboot=a quiet");
+    }
+}

@@ -144,7 +144,10 @@ pub fn build_and_start(cfg: &VmConfig) -> Result<RunningVm, BuildError> {
     });
     let rsdp = crate::acpi::create_acpi_tables(&mem, cfg.vcpus, &layout, devices.viot.as_ref())
         .map_err(|e| BuildError::Acpi(e.to_string()))?;
-    let cmdline = crate::config::iommu::cmdline_with_mode(&cfg.cmdline, cfg.iommu_mode);
+    let cmdline = boot::cmdline_with_reboot(&crate::config::iommu::cmdline_with_mode(
+        &cfg.cmdline,
+        cfg.iommu_mode,
+    ));
     let kernel = boot::load_kernel(
         &mem,
         &layout,
