@@ -172,14 +172,20 @@ impl IommuWorker {
                         suppressed = self.req.disable_notification(&self.mem).is_ok();
                         last_work = Instant::now();
                     }
-                    _ => break,
+                    Ok(false) => {
+                        // Notifications are on and the ring is empty.
+                        suppressed = false;
+                        break;
+                    }
+                    Err(_) => break,
                 }
                 continue;
             }
             std::hint::spin_loop();
         }
         if suppressed {
-            // Stopped while polling: leave the ring as a notified device.
+            // Stopped (or the handover failed) while polling: leave the
+            // ring as a notified device.
             let _ = self.req.enable_notification(&self.mem);
         }
         stats

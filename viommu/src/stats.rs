@@ -67,6 +67,17 @@ pub struct PollStats {
     pub wall_ns: AtomicU64,
 }
 
+/// A latency histogram as JSON: count, mean, p50, p99 and max in ns.
+fn histogram_json(h: &Histogram<u64>) -> Value {
+    json!({
+        "count": h.len(),
+        "mean_ns": h.mean().round() as u64,
+        "p50_ns": h.value_at_quantile(0.5),
+        "p99_ns": h.value_at_quantile(0.99),
+        "max_ns": h.max(),
+    })
+}
+
 fn histogram() -> Mutex<Histogram<u64>> {
     // 1 ns .. 60 s, 3 significant digits.
     Mutex::new(Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds"))
@@ -139,7 +150,7 @@ impl Stats {
         let polled = get(&self.poll.polled_requests);
         let cpu = get(&self.poll.cpu_ns);
         let age = self.created.elapsed().as_nanos().max(1) as f64;
-        let h = self.response.lock().unwrap_or_else(|e| e.into_inner());
+        let response = histogram_json(&self.response.lock().unwrap_or_else(|e| e.into_inner()));
         json!({
             "polled_requests": polled,
             "notified_requests": total.saturating_sub(polled),
@@ -149,13 +160,7 @@ impl Stats {
             "cpu_ns": cpu,
             "wall_ns": get(&self.poll.wall_ns),
             "cpu_share_of_one_core": (cpu as f64 / age * 1e4).round() / 1e4,
-            "response": {
-                "count": h.len(),
-                "mean_ns": h.mean().round() as u64,
-                "p50_ns": h.value_at_quantile(0.5),
-                "p99_ns": h.value_at_quantile(0.99),
-                "max_ns": h.max(),
-            },
+            "response": response,
         })
     }
 
@@ -169,16 +174,7 @@ impl Stats {
             requests.insert(name.to_string(), json!(get(&self.requests[i])));
             failed.insert(name.to_string(), json!(get(&self.failed[i])));
             let h = self.latency[i].lock().unwrap_or_else(|e| e.into_inner());
-            latency.insert(
-                name.to_string(),
-                json!({
-                    "count": h.len(),
-                    "mean_ns": h.mean().round() as u64,
-                    "p50_ns": h.value_at_quantile(0.5),
-                    "p99_ns": h.value_at_quantile(0.99),
-                    "max_ns": h.max(),
-                }),
-            );
+            latency.insert(name.to_string(), histogram_json(&h));
         }
         json!({
             "requests": requests,
