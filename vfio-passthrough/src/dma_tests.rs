@@ -10,6 +10,7 @@ struct FakeMapper {
     live: Mutex<BTreeMap<u64, (u64, u64, bool, bool)>>,
     log: Mutex<Vec<String>>,
     fail_map_at: Mutex<Option<u64>>,
+    fail_unmaps: std::sync::atomic::AtomicBool,
 }
 
 impl DmaMapper for FakeMapper {
@@ -40,6 +41,9 @@ impl DmaMapper for FakeMapper {
             .lock()
             .unwrap()
             .push(format!("unmap {iova:#x} {len:#x}"));
+        if self.fail_unmaps.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
         let end = iova + len;
         let mut live = self.live.lock().unwrap();
         let split = live
@@ -219,4 +223,31 @@ fn guest_memory_mmap_is_guest_ram() {
     assert_eq!(hva, base + 0x1000);
     assert_eq!(mem.host_range(0x8000), None);
     assert_eq!(mem.regions(), vec![(0, 0x4000), (0x10000, 0x2000)]);
+}
+
+#[test]
+fn a_failed_vfio_unmap_keeps_the_mapping_accounted_and_the_guest_gets_ioerr() {
+    use viommu::protocol::status;
+    use viommu::tables::{Limits, Tables};
+    let (m, b) = backend();
+    let b = Arc::new(b);
+    let mut t = Tables::new(Limits::default(), Some(b.clone()));
+    t.set_bypass(false);
+    t.add_endpoint(8, None, true);
+    assert_eq!(t.attach(1, 8, 0).status, status::OK);
+    assert_eq!(
+        t.map(1, 0x4000_0000, 0x4000_1fff, 0x2000, 3).status,
+        status::OK
+    );
+    m.fail_unmaps.store(true, Ordering::SeqCst);
+    assert_eq!(t.unmap(1, 0x4000_0000, 0x4000_1fff).status, status::IOERR);
+    // The container still maps it, and both sides say so.
+    assert_eq!(m.live.lock().unwrap().len(), 1);
+    assert_eq!(b.mapped_bytes(), 0x2000);
+    assert_eq!(t.residue_bytes(), 0x2000);
+    assert!(t.is_fenced(1));
+    m.fail_unmaps.store(false, Ordering::SeqCst);
+    assert_eq!(t.unmap(1, 0x4000_0000, 0x4000_1fff).status, status::OK);
+    assert!(m.live.lock().unwrap().is_empty());
+    assert_eq!((b.mapped_bytes(), t.residue_bytes()), (0, 0));
 }

@@ -5,6 +5,10 @@
 //! while it handles a guest request and answers the guest only after they
 //! returned, so an UNMAP is complete (strict semantics) once the guest
 //! sees OK. Ranges are byte ranges, page aligned by the caller.
+//!
+//! A backend may fail. What the tables then do (keep the range as host
+//! *residue*, fence the domain) is described in [`crate::tables`]; the
+//! failures are counted in [`HostErrors`], which reaches the stats JSON.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +35,38 @@ pub trait HostIommu: Send + Sync {
     /// bytes unmapped. When it returns, the host IOTLB holds no entry for
     /// the range.
     fn unmap(&self, iova: u64, len: u64) -> Result<u64, BackendError>;
+}
+
+/// Host backend failures and their consequences, as counted by the
+/// tables (shared with [`crate::stats::Stats`], written as `host_errors`).
+#[derive(Debug, Default)]
+pub struct HostErrors {
+    /// Host maps refused (MAP mirroring, ATTACH replay, identity map).
+    pub map: AtomicU64,
+    /// Host unmaps refused (UNMAP, DETACH, domain destruction, reset,
+    /// identity unmap, retries of residue).
+    pub unmap: AtomicU64,
+    /// ATTACHes whose replay of the domain's mappings failed.
+    pub replay: AtomicU64,
+    /// Domains fenced because host and tables disagreed.
+    pub fenced_domains: AtomicU64,
+    /// Bytes the host still maps although the tables removed them (the
+    /// residue of failed unmaps), now.
+    pub residue_bytes: AtomicU64,
+}
+
+impl HostErrors {
+    /// The counters as a JSON object.
+    pub fn to_json(&self) -> serde_json::Value {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        serde_json::json!({
+            "map": get(&self.map),
+            "unmap": get(&self.unmap),
+            "replay": get(&self.replay),
+            "fenced_domains": get(&self.fenced_domains),
+            "residue_bytes": get(&self.residue_bytes),
+        })
+    }
 }
 
 /// A backend that records mappings and lets tests perform "DMA" through
@@ -100,6 +136,83 @@ impl HostIommu for SimulatedBackend {
     }
 }
 
+/// Which backend call a [`FailingBackend`] rule applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallKind {
+    /// [`HostIommu::map`].
+    Map,
+    /// [`HostIommu::unmap`].
+    Unmap,
+}
+
+/// A [`SimulatedBackend`] that fails chosen calls, for tests of the error
+/// paths: a failed call changes nothing in the simulated host (a failed
+/// unmap leaves the mapping reachable, as VFIO does).
+#[derive(Default)]
+pub struct FailingBackend {
+    /// The host address space.
+    pub sim: SimulatedBackend,
+    /// Calls of each kind so far: `[map, unmap]`.
+    calls: [AtomicU64; 2],
+    /// Per kind: fail calls whose 1-based number is in the set.
+    nth: Mutex<[Vec<u64>; 2]>,
+    /// Per kind: fail every call while set.
+    always: [std::sync::atomic::AtomicBool; 2],
+}
+
+impl FailingBackend {
+    fn idx(kind: CallKind) -> usize {
+        match kind {
+            CallKind::Map => 0,
+            CallKind::Unmap => 1,
+        }
+    }
+
+    /// Makes the `n`-th call of `kind` from now on fail (1 = the next).
+    pub fn fail_nth(&self, kind: CallKind, n: u64) {
+        let i = Self::idx(kind);
+        let at = self.calls[i].load(Ordering::SeqCst) + n;
+        self.nth.lock().unwrap_or_else(|e| e.into_inner())[i].push(at);
+    }
+
+    /// Makes every call of `kind` fail (`true`) or succeed again.
+    pub fn fail_always(&self, kind: CallKind, on: bool) {
+        self.always[Self::idx(kind)].store(on, Ordering::SeqCst);
+    }
+
+    /// Calls of `kind` so far (failed ones included).
+    pub fn calls(&self, kind: CallKind) -> u64 {
+        self.calls[Self::idx(kind)].load(Ordering::SeqCst)
+    }
+
+    fn fails(&self, kind: CallKind) -> bool {
+        let i = Self::idx(kind);
+        let n = self.calls[i].fetch_add(1, Ordering::SeqCst) + 1;
+        let mut nth = self.nth.lock().unwrap_or_else(|e| e.into_inner());
+        let hit = nth[i].iter().position(|&k| k == n);
+        if let Some(at) = hit {
+            nth[i].swap_remove(at);
+        }
+        hit.is_some() || self.always[i].load(Ordering::SeqCst)
+    }
+}
+
+impl HostIommu for FailingBackend {
+    fn map(&self, iova: u64, gpa: u64, len: u64, perm: Permissions) -> Result<(), BackendError> {
+        if self.fails(CallKind::Map) {
+            return Err(BackendError::Host("injected map failure".into()));
+        }
+        self.sim.map(iova, gpa, len, perm)
+    }
+
+    fn unmap(&self, iova: u64, len: u64) -> Result<u64, BackendError> {
+        if self.fails(CallKind::Unmap) {
+            return Err(BackendError::Host("injected unmap failure".into()));
+        }
+        self.sim.unmap(iova, len)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,5 +236,20 @@ mod tests {
         assert_eq!(b.dma(0x11000, 0x100, Permissions::Read), None);
         assert!(b.is_empty());
         assert_eq!(b.map_calls.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn failing_backend_fails_the_chosen_calls_only() {
+        let b = FailingBackend::default();
+        b.fail_nth(CallKind::Map, 2);
+        assert!(b.map(0, 0, 0x1000, Permissions::Read).is_ok());
+        assert!(b.map(0x1000, 0, 0x1000, Permissions::Read).is_err());
+        assert!(b.map(0x1000, 0, 0x1000, Permissions::Read).is_ok());
+        b.fail_always(CallKind::Unmap, true);
+        assert!(b.unmap(0, 0x2000).is_err());
+        assert_eq!(b.sim.len(), 2, "a failed unmap leaves the host mapping");
+        b.fail_always(CallKind::Unmap, false);
+        assert_eq!(b.unmap(0, 0x2000), Ok(0x2000));
+        assert_eq!((b.calls(CallKind::Map), b.calls(CallKind::Unmap)), (3, 2));
     }
 }

@@ -58,9 +58,10 @@ pub struct IommuState {
 impl IommuState {
     /// Shared state over `tables`.
     pub fn new(tables: Tables) -> std::io::Result<Arc<Self>> {
+        let stats = Stats::default().with_host(tables.host_errors());
         Ok(Arc::new(IommuState {
             tables: RwLock::new(tables),
-            stats: Arc::new(Stats::default()),
+            stats: Arc::new(stats),
             faults: Mutex::new(VecDeque::new()),
             fault_evt: EventFd::new(libc::EFD_NONBLOCK)?,
             faults_queued: std::sync::atomic::AtomicU64::new(0),

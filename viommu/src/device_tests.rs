@@ -413,3 +413,41 @@ fn faults_are_delivered_while_polling() {
     );
     assert_eq!(s.stats.fault_events.load(Ordering::Relaxed), 1);
 }
+
+#[test]
+fn a_failed_host_unmap_is_answered_ioerr_and_blocks_emulated_dma() {
+    use crate::backend::{CallKind, FailingBackend};
+    let b = Arc::new(FailingBackend::default());
+    let mut t = Tables::new(crate::tables::Limits::default(), Some(b.clone()));
+    t.set_bypass(false);
+    t.add_endpoint(8, None, true);
+    t.add_endpoint(16, None, false);
+    let s = IommuState::new(t).unwrap();
+    let mut tq = TestQueue::new(16);
+    let mut w = worker(&s, &tq);
+    for ep in [8, 16] {
+        assert_eq!(send(&mut tq, &mut w, &attach(1, ep, 0), 4).0, p::status::OK);
+    }
+    let m = map(1, 0x10000, 0x10fff, 0x5000, 3);
+    assert_eq!(send(&mut tq, &mut w, &m, 4).0, p::status::OK);
+    let mut unmap = vec![p::req::UNMAP, 0, 0, 0];
+    unmap.extend(1u32.to_le_bytes());
+    unmap.extend(0x10000u64.to_le_bytes());
+    unmap.extend(0x10fffu64.to_le_bytes());
+    unmap.extend([0u8; 4]);
+    b.fail_nth(CallKind::Unmap, 1);
+    assert_eq!(send(&mut tq, &mut w, &unmap, 4).0, p::status::IOERR);
+    assert!(s
+        .endpoint(16)
+        .translate(0x10000, Permissions::Read)
+        .is_none());
+    assert!(b.sim.dma(0x10000, 4, Permissions::Read).is_some());
+    let j = s.stats.to_json();
+    assert_eq!(j["host_errors"]["unmap"], 1);
+    assert_eq!(j["host_errors"]["fenced_domains"], 1);
+    assert_eq!(j["host_errors"]["residue_bytes"], 0x1000);
+    assert_eq!(j["failed"]["unmap"], 1);
+    // The guest retries and succeeds: nothing is left in the host.
+    assert_eq!(send(&mut tq, &mut w, &unmap, 4).0, p::status::OK);
+    assert!(b.sim.is_empty());
+}

@@ -1,12 +1,13 @@
 //! Counters of one virtual IOMMU, kept in one place and written as JSON.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
+use crate::backend::HostErrors;
 use crate::protocol::{status, KIND_NAMES};
 use crate::tables::GRANULE;
 
@@ -46,6 +47,8 @@ pub struct Stats {
     /// completion being visible to the guest.
     response: Mutex<Histogram<u64>>,
     created: Instant,
+    /// Host backend failures, counted by the tables.
+    pub host: Arc<HostErrors>,
 }
 
 /// Counters of request-queue polling.
@@ -109,11 +112,19 @@ impl Default for Stats {
             poll: PollStats::default(),
             response: histogram(),
             created: Instant::now(),
+            host: Arc::default(),
         }
     }
 }
 
 impl Stats {
+    /// The same counters, with the host failures read from `host` (the
+    /// tables' [`crate::tables::Tables::host_errors`]).
+    pub fn with_host(mut self, host: Arc<HostErrors>) -> Self {
+        self.host = host;
+        self
+    }
+
     /// Records one handled request of `kind` with its status, the bytes it
     /// mapped (MAP) or unmapped (others), the bytes mapped afterwards, and
     /// its handling time.
@@ -192,6 +203,7 @@ impl Stats {
             "fault_events_dropped": get(&self.fault_events_dropped),
             "latency": latency,
             "poll": self.poll_json(),
+            "host_errors": self.host.to_json(),
         })
     }
 }

@@ -19,18 +19,50 @@
 //!   made once when the first hardware endpoint starts bypassing and removed
 //!   when none does any more.
 //!
+//! # When the host fails
+//!
+//! A failed host call must never look like success: the guest is told
+//! (IOERR) and the device must not keep reaching what the guest believes
+//! protected. The policy:
+//!
+//! - a range whose host **unmap** fails leaves the tables at once (the
+//!   emulated endpoints' IOTLBs are invalidated, their translation faults)
+//!   but is kept as host *residue*: accounted as still mapped in the host
+//!   ([`Tables::residue_bytes`]), retried by a later UNMAP covering it, by
+//!   every ATTACH of a hardware endpoint and at reset, and dropped only
+//!   once the host unmap succeeded;
+//! - whenever the host holds a mapping the guest did not (or no longer)
+//!   ask for, or lacks one the guest was told is there, the domain
+//!   concerned is **fenced** until it is destroyed or the device reset:
+//!   its endpoints' translation faults (FaultReason::Domain), its other
+//!   host mappings are torn down (failures become residue), MAP and
+//!   ATTACH to it answer IOERR, UNMAP and DETACH still work (UNMAP
+//!   retries the residue in its range and answers OK only once none is
+//!   left there). This covers a failed UNMAP, a DETACH/domain destruction
+//!   whose unmaps fail, a failed MAP whose rollback fails, an ATTACH whose
+//!   replay of the domain's mappings fails (rolled back; the endpoint stays
+//!   in the fenced domain rather than falling back to bypass) and an
+//!   ATTACH of a hardware endpoint while residue is left after a retry
+//!   (its one host address space is not clean);
+//! - the identity map is all or nothing: a failed identity map is rolled
+//!   back (and retried at the next change), a failed identity unmap
+//!   becomes residue.
+//!
+//! Every failure is counted in [`HostErrors`] (stats JSON `host_errors`).
+//!
 //! The MSI window ([`Limits::msi_window`]) is never mapped in the backend:
 //! host interrupt remapping owns it. Every hardware endpoint shares the one
 //! backend (one host address space), so only one of them may be behind the
 //! IOMMU; the VMM enforces that.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use devices::dma::{DmaIotlb, DmaMapping};
 use vm_memory::Permissions;
 
-use crate::backend::HostIommu;
+use crate::backend::{BackendError, HostErrors, HostIommu};
 use crate::protocol::{self, status};
 
 /// Granule of mappings (4 KiB).
@@ -82,6 +114,8 @@ pub struct Mapping {
 #[derive(Default)]
 struct Domain {
     bypass: bool,
+    /// Host and tables disagreed: no DMA until destroyed or reset.
+    fenced: bool,
     mappings: BTreeMap<u64, Mapping>,
     endpoints: BTreeSet<u32>,
 }
@@ -136,6 +170,10 @@ pub struct Tables {
     guest_ram: Vec<(u64, u64)>,
     /// Identity ranges `(start, last)` currently mapped in the backend.
     identity: Vec<(u64, u64)>,
+    /// Host residue: first IOVA → last IOVA of ranges the host still maps
+    /// although the tables removed them (failed unmaps).
+    residue: BTreeMap<u64, u64>,
+    errors: Arc<HostErrors>,
 }
 
 /// The parts of `[start, last]` outside the inclusive `window`, as
@@ -179,6 +217,94 @@ impl Tables {
             mapped_bytes: 0,
             guest_ram: Vec::new(),
             identity: Vec::new(),
+            residue: BTreeMap::new(),
+            errors: Arc::new(HostErrors::default()),
+        }
+    }
+
+    /// The host failure counters (shared with the stats).
+    pub fn host_errors(&self) -> Arc<HostErrors> {
+        self.errors.clone()
+    }
+
+    /// Bytes the host still maps although the tables removed them.
+    pub fn residue_bytes(&self) -> u64 {
+        self.residue.iter().map(|(s, l)| l - s + 1).sum()
+    }
+
+    /// True when domain `domain` exists and is fenced.
+    pub fn is_fenced(&self, domain: u32) -> bool {
+        self.domains.get(&domain).is_some_and(|d| d.fenced)
+    }
+
+    fn update_residue_gauge(&self) {
+        self.errors
+            .residue_bytes
+            .store(self.residue_bytes(), Ordering::Relaxed);
+    }
+
+    /// Host unmap of `[s, l]`; a failure is counted and the range kept as
+    /// residue. Returns whether the host unmapped it.
+    fn host_unmap(&mut self, s: u64, l: u64, what: &str) -> bool {
+        let Some(b) = self.backend.clone() else {
+            return true;
+        };
+        match b.unmap(s, l - s + 1) {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::error!("host IOMMU unmap of {s:#x}..={l:#x} failed ({what}): {e}");
+                self.errors.unmap.fetch_add(1, Ordering::Relaxed);
+                self.residue.insert(s, l);
+                self.update_residue_gauge();
+                false
+            }
+        }
+    }
+
+    /// Retries the host unmap of the residue inside `[lo, hi]`; returns
+    /// whether none is left there.
+    fn retry_residue(&mut self, lo: u64, hi: u64) -> bool {
+        let due: Vec<(u64, u64)> = self
+            .residue
+            .range(lo..=hi)
+            .filter(|(_, &l)| l <= hi)
+            .map(|(&s, &l)| (s, l))
+            .collect();
+        for (s, l) in due {
+            self.residue.remove(&s);
+            self.host_unmap(s, l, "residue retry");
+        }
+        self.update_residue_gauge();
+        self.residue
+            .range(..=hi)
+            .next_back()
+            .is_none_or(|(_, &l)| l < lo)
+    }
+
+    /// Fences domain `d` (see the module docs): its endpoints' translation
+    /// faults and its host mappings are torn down.
+    fn fence(&mut self, d: u32) {
+        let Some(dom) = self.domains.get(&d) else {
+            return;
+        };
+        if dom.fenced {
+            return;
+        }
+        let in_host = self.domain_has_hardware(dom);
+        let ranges: Vec<(u64, u64)> = dom.mappings.iter().map(|(&s, m)| (s, m.end)).collect();
+        let eps: Vec<u32> = dom.endpoints.iter().copied().collect();
+        if let Some(dom) = self.domains.get_mut(&d) {
+            dom.fenced = true;
+        }
+        self.errors.fenced_domains.fetch_add(1, Ordering::Relaxed);
+        tracing::error!("virtio-iommu: domain {d} fenced after a host IOMMU failure");
+        for ep in eps {
+            self.invalidate(ep, None);
+        }
+        if in_host {
+            for (s, e) in ranges {
+                self.host_unmap(s, e, "fence");
+            }
         }
     }
 
@@ -216,7 +342,7 @@ impl Tables {
             e.hardware
                 && match e.domain {
                     None => self.bypass,
-                    Some(d) => self.domains.get(&d).is_some_and(|d| d.bypass),
+                    Some(d) => self.domains.get(&d).is_some_and(|d| d.bypass && !d.fenced),
                 }
         })
     }
@@ -239,65 +365,72 @@ impl Tables {
     }
 
     /// Maps or unmaps the identity map so that it exists exactly while a
-    /// hardware endpoint bypasses translation.
-    fn sync_identity(&mut self) {
+    /// hardware endpoint bypasses translation. Returns false when the host
+    /// failed (a failed map is rolled back, a failed unmap left as
+    /// residue).
+    fn sync_identity(&mut self) -> bool {
         let Some(b) = self.backend.clone() else {
-            return;
+            return true;
         };
         let want = self.hardware_bypasses();
         let mapped = !self.identity.is_empty();
         if want == mapped || (want && self.guest_ram.is_empty()) {
-            return;
+            return true;
         }
         if !want {
-            self.unmap_identity();
-            return;
+            return self.unmap_identity();
         }
         let started = std::time::Instant::now();
         for (s, l) in self.identity_ranges() {
             // Page-aligned, outside the MSI window: mapped in one piece.
-            match b.map(s, s, l - s + 1, Permissions::ReadWrite) {
-                Ok(()) => self.identity.push((s, l)),
-                Err(e) => tracing::error!("host IOMMU identity map of {s:#x}..={l:#x} failed: {e}"),
+            if let Err(e) = b.map(s, s, l - s + 1, Permissions::ReadWrite) {
+                tracing::error!("host IOMMU identity map of {s:#x}..={l:#x} failed: {e}");
+                self.errors.map.fetch_add(1, Ordering::Relaxed);
+                self.unmap_identity();
+                return false;
             }
+            self.identity.push((s, l));
         }
         tracing::info!(
             bytes = self.identity_bytes(),
             ms = started.elapsed().as_millis() as u64,
             "host IOMMU: guest RAM identity-mapped for a bypassing hardware endpoint"
         );
+        true
     }
 
-    fn unmap_identity(&mut self) {
-        let Some(b) = &self.backend else {
-            return;
-        };
+    /// Removes the identity map; failures become residue. Returns whether
+    /// every unmap succeeded.
+    fn unmap_identity(&mut self) -> bool {
+        let mut ok = true;
         for (s, l) in std::mem::take(&mut self.identity) {
-            if let Err(e) = b.unmap(s, l - s + 1) {
-                tracing::error!("host IOMMU identity unmap of {s:#x}..={l:#x} failed: {e}");
-            }
+            ok &= self.host_unmap(s, l, "identity");
         }
+        ok
     }
 
     /// Mirrors one mapping into the backend, leaving out the MSI window.
-    /// On failure, nothing of it stays mapped.
+    /// On failure, it is rolled back; what the rollback cannot remove
+    /// becomes residue (`Err(true)`), else `Err(false)`.
     fn backend_map(
-        &self,
+        &mut self,
         b: &dyn HostIommu,
         virt_start: u64,
         virt_end: u64,
         phys: u64,
         flags: u32,
-    ) -> Result<(), crate::backend::BackendError> {
+    ) -> Result<(), bool> {
         let mut done: Vec<(u64, u64)> = Vec::new();
         for (s, l) in outside(virt_start, virt_end, self.limits.msi_window) {
             if let Err(e) = b.map(s, phys + (s - virt_start), l - s + 1, perm(flags)) {
+                let e: BackendError = e;
+                tracing::warn!("host IOMMU map of {s:#x}..={l:#x} failed: {e}");
+                self.errors.map.fetch_add(1, Ordering::Relaxed);
+                let mut residue = false;
                 for (s, l) in done {
-                    if let Err(u) = b.unmap(s, l - s + 1) {
-                        tracing::error!("host IOMMU: cannot roll back {s:#x}..={l:#x}: {u}");
-                    }
+                    residue |= !self.host_unmap(s, l, "map rollback");
                 }
-                return Err(e);
+                return Err(residue);
             }
             done.push((s, l));
         }
@@ -339,6 +472,7 @@ impl Tables {
     }
 
     /// Back to the reset state: every endpoint detached, every domain gone.
+    /// Host unmaps that fail stay residue (retried once more here).
     pub fn reset(&mut self) {
         let ids: Vec<u32> = self.domains.keys().copied().collect();
         for d in ids {
@@ -347,6 +481,7 @@ impl Tables {
                 self.remove_from_domain(ep, d);
             }
         }
+        self.retry_residue(0, u64::MAX);
         self.bypass = true;
         self.bypass_config = false;
         self.mmio = false;
@@ -370,41 +505,42 @@ impl Tables {
 
     /// Detaches `ep` from domain `d`, destroying `d` when it empties; the
     /// domain's mappings leave the backend with its last hardware
-    /// endpoint. Returns the bytes unmapped by destroying it. Does not
+    /// endpoint (unless fenced: then they already left). Returns the bytes
+    /// unmapped by destroying it and whether the host unmapped everything
+    /// (failures are residue; a surviving domain is fenced). Does not
     /// touch the identity map (callers sync it).
-    fn remove_from_domain(&mut self, ep: u32, d: u32) -> u64 {
+    fn remove_from_domain(&mut self, ep: u32, d: u32) -> (u64, bool) {
         if let Some(e) = self.endpoints.get_mut(&ep) {
             e.domain = None;
         }
         self.invalidate(ep, None);
-        let Some(dom) = self.domains.get_mut(&d) else {
-            return 0;
+        let Some(dom) = self.domains.get(&d) else {
+            return (0, true);
         };
-        let had_hw = dom
-            .endpoints
-            .iter()
-            .any(|e| self.endpoints.get(e).is_some_and(|e| e.hardware));
+        let had_hw = !dom.fenced && self.domain_has_hardware(dom);
+        let Some(dom) = self.domains.get_mut(&d) else {
+            return (0, true);
+        };
         dom.endpoints.remove(&ep);
-        let still_hw = dom
-            .endpoints
-            .iter()
-            .any(|e| self.endpoints.get(e).is_some_and(|e| e.hardware));
-        if had_hw && !still_hw {
-            if let Some(b) = &self.backend {
-                for (&start, m) in &dom.mappings {
-                    if let Err(e) = b.unmap(start, m.end - start + 1) {
-                        tracing::error!("host IOMMU unmap failed on detach: {e}");
-                    }
-                }
+        let mut ok = true;
+        let dom = &self.domains[&d];
+        if had_hw && !self.domain_has_hardware(dom) {
+            let ranges: Vec<(u64, u64)> = dom.mappings.iter().map(|(&s, m)| (s, m.end)).collect();
+            for (s, l) in ranges {
+                ok &= self.host_unmap(s, l, "detach");
             }
         }
+        let dom = &self.domains[&d];
         if dom.endpoints.is_empty() {
             let freed: u64 = dom.mappings.iter().map(|(s, m)| m.end - s + 1).sum();
             self.domains.remove(&d);
             self.mapped_bytes -= freed;
-            return freed;
+            return (freed, ok);
         }
-        0
+        if !ok {
+            self.fence(d);
+        }
+        (0, ok)
     }
 
     /// ATTACH.
@@ -423,11 +559,15 @@ impl Tables {
             if d.bypass != bypass {
                 return Outcome::status(status::INVAL);
             }
+            if d.fenced {
+                return Outcome::status(status::IOERR);
+            }
         }
         let mut freed = 0;
         match self.endpoints[&endpoint].domain {
             Some(cur) if cur == domain => return Outcome::status(status::OK),
-            Some(cur) => freed = self.remove_from_domain(endpoint, cur),
+            // Host failures of leaving `cur` are residue, retried below.
+            Some(cur) => freed = self.remove_from_domain(endpoint, cur).0,
             None => self.invalidate(endpoint, None),
         }
         let hw = self.endpoints[&endpoint].hardware;
@@ -445,15 +585,56 @@ impl Tables {
         }
         // Identity first: leaving bypass must clear the address space
         // before the domain's mappings go in (and entering it maps RAM).
-        self.sync_identity();
-        if hw && !had_hw {
-            if let (Some(b), Some(dom)) = (&self.backend, self.domains.get(&domain)) {
-                for (&start, m) in &dom.mappings {
-                    if let Err(e) = self.backend_map(&**b, start, m.end, m.phys, m.flags) {
-                        tracing::error!("host IOMMU map failed on attach: {e}");
+        let mut ok = self.sync_identity();
+        if hw {
+            // The one host address space must be clean of residue.
+            ok &= self.retry_residue(0, u64::MAX);
+        }
+        if ok && hw && !had_hw {
+            if let Some(b) = self.backend.clone() {
+                let ranges: Vec<(u64, Mapping)> = self.domains[&domain]
+                    .mappings
+                    .iter()
+                    .map(|(&s, m)| (s, *m))
+                    .collect();
+                let mut done = Vec::new();
+                for (start, m) in ranges {
+                    if self
+                        .backend_map(&*b, start, m.end, m.phys, m.flags)
+                        .is_err()
+                    {
+                        tracing::error!("host IOMMU: replay of domain {domain} failed on attach");
+                        self.errors.replay.fetch_add(1, Ordering::Relaxed);
+                        for (s, l) in done {
+                            self.host_unmap(s, l, "replay rollback");
+                        }
+                        ok = false;
+                        break;
                     }
+                    done.push((start, m.end));
                 }
             }
+        }
+        if !ok {
+            // Rolled back: fencing finds nothing of the domain in the host.
+            if let Some(d) = self.domains.get_mut(&domain) {
+                if hw && !had_hw {
+                    d.fenced = true;
+                    self.errors.fenced_domains.fetch_add(1, Ordering::Relaxed);
+                    let eps: Vec<u32> = d.endpoints.iter().copied().collect();
+                    for ep in eps {
+                        self.invalidate(ep, None);
+                    }
+                } else {
+                    self.fence(domain);
+                }
+            }
+            // A fenced bypass domain wants no identity map.
+            self.sync_identity();
+            return Outcome {
+                status: status::IOERR,
+                bytes: freed,
+            };
         }
         Outcome {
             status: status::OK,
@@ -461,7 +642,8 @@ impl Tables {
         }
     }
 
-    /// DETACH.
+    /// DETACH. The endpoint leaves the domain even when the host fails to
+    /// unmap (answered IOERR; the failures are residue).
     pub fn detach(&mut self, domain: u32, endpoint: u32) -> Outcome {
         let Some(ep) = self.endpoints.get(&endpoint) else {
             return Outcome::status(status::NOENT);
@@ -472,10 +654,10 @@ impl Tables {
         if ep.domain != Some(domain) {
             return Outcome::status(status::INVAL);
         }
-        let freed = self.remove_from_domain(endpoint, domain);
-        self.sync_identity();
+        let (freed, ok) = self.remove_from_domain(endpoint, domain);
+        let ok = self.sync_identity() && ok;
         Outcome {
-            status: status::OK,
+            status: if ok { status::OK } else { status::IOERR },
             bytes: freed,
         }
     }
@@ -516,13 +698,18 @@ impl Tables {
         if overlaps {
             return Outcome::status(status::INVAL);
         }
+        if dom.fenced {
+            return Outcome::status(status::IOERR);
+        }
         if dom.mappings.len() >= self.limits.max_mappings {
             return Outcome::status(status::NOMEM);
         }
         if self.domain_has_hardware(dom) {
-            if let Some(b) = &self.backend {
-                if let Err(e) = self.backend_map(&**b, virt_start, virt_end, phys, flags) {
-                    tracing::warn!("host IOMMU map of {virt_start:#x}+{len:#x} failed: {e}");
+            if let Some(b) = self.backend.clone() {
+                if let Err(residue) = self.backend_map(&*b, virt_start, virt_end, phys, flags) {
+                    if residue {
+                        self.fence(domain);
+                    }
                     return Outcome::status(status::IOERR);
                 }
             }
@@ -547,7 +734,10 @@ impl Tables {
 
     /// UNMAP `[virt_start, virt_end]`: removes every mapping inside the
     /// range; a mapping that would be split makes the request fail with
-    /// RANGE and nothing is removed.
+    /// RANGE and nothing is removed. A failed host unmap answers IOERR:
+    /// the mappings still leave the tables, the host ranges stay residue
+    /// and the domain is fenced; an UNMAP in a fenced domain retries the
+    /// residue in its range.
     pub fn unmap(&mut self, domain: u32, virt_start: u64, virt_end: u64) -> Outcome {
         let Some(dom) = self.domains.get(&domain) else {
             return Outcome::status(status::NOENT);
@@ -568,21 +758,9 @@ impl Tables {
             }
             victims.push((s, m.end));
         }
-        let hw = self.domain_has_hardware(dom);
+        let fenced = dom.fenced;
+        let hw = !fenced && self.domain_has_hardware(dom);
         let eps: Vec<u32> = dom.endpoints.iter().copied().collect();
-        let mut freed = 0;
-        let mut backend_failed = false;
-        for &(s, e) in &victims {
-            freed += e - s + 1;
-            if hw {
-                if let Some(b) = &self.backend {
-                    if let Err(err) = b.unmap(s, e - s + 1) {
-                        tracing::error!("host IOMMU unmap of {s:#x}..={e:#x} failed: {err}");
-                        backend_failed = true;
-                    }
-                }
-            }
-        }
         if let Some(dom) = self.domains.get_mut(&domain) {
             for (s, _) in &victims {
                 dom.mappings.remove(s);
@@ -593,13 +771,22 @@ impl Tables {
                 self.invalidate(ep, Some((s, e)));
             }
         }
+        let mut freed = 0;
+        let mut ok = true;
+        for &(s, e) in &victims {
+            freed += e - s + 1;
+            if hw {
+                ok &= self.host_unmap(s, e, "unmap");
+            }
+        }
         self.mapped_bytes -= freed;
+        if !ok {
+            self.fence(domain);
+        } else if fenced {
+            ok = self.retry_residue(virt_start, virt_end);
+        }
         Outcome {
-            status: if backend_failed {
-                status::IOERR
-            } else {
-                status::OK
-            },
+            status: if ok { status::OK } else { status::IOERR },
             bytes: freed,
         }
     }
@@ -630,6 +817,9 @@ impl Tables {
             };
         };
         let dom = self.domains.get(&d).ok_or(FaultReason::Domain)?;
+        if dom.fenced {
+            return Err(FaultReason::Domain);
+        }
         if dom.bypass {
             return identity();
         }
@@ -648,3 +838,7 @@ impl Tables {
 #[cfg(test)]
 #[path = "tables_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "tables_failure_tests.rs"]
+mod failure_tests;

@@ -200,6 +200,8 @@ mod tests {
         assert_eq!(v["iommu_mode"], "strict");
         assert_eq!(v["viommu"]["requests"]["map"], 1);
         assert_eq!(v["viommu"]["pages_mapped"], 2);
+        assert_eq!(v["viommu"]["host_errors"]["unmap"], 0);
+        assert_eq!(v["viommu"]["host_errors"]["residue_bytes"], 0);
         assert!(v["vfio"].is_null(), "no assigned functions");
         struct Nop;
         impl vfio_passthrough::dma::DmaMapper for Nop {

@@ -1,0 +1,230 @@
+//! Tables and host backend agree on every error path (see the module
+//! docs of `tables`): a backend that fails chosen calls.
+
+use super::*;
+use crate::backend::{CallKind, FailingBackend};
+
+const RW: u32 = protocol::MAP_F_READ | protocol::MAP_F_WRITE;
+const RAM: [(u64, u64); 2] = [(0, 0xc000_0000), (0x1_0000_0000, 0x4000_0000)];
+
+/// Strict tables (global bypass off): hardware endpoint 8, emulated 16.
+fn strict() -> (Arc<FailingBackend>, Tables) {
+    let b = Arc::new(FailingBackend::default());
+    let mut t = Tables::new(Limits::default(), Some(b.clone()));
+    t.set_bypass(false);
+    t.add_endpoint(8, None, true);
+    t.add_endpoint(16, None, false);
+    (b, t)
+}
+
+fn reach(b: &FailingBackend, iova: u64) -> bool {
+    b.sim.dma(iova, 8, Permissions::Read).is_some()
+}
+
+fn errors(t: &Tables) -> serde_json::Value {
+    t.host_errors().to_json()
+}
+
+#[test]
+fn failed_host_unmap_fences_the_domain_and_keeps_the_residue() {
+    let (b, mut t) = strict();
+    assert_eq!(t.attach(1, 8, 0).status, status::OK);
+    assert_eq!(t.attach(1, 16, 0).status, status::OK);
+    assert_eq!(t.map(1, 0x10000, 0x11fff, 0x40000, RW).status, status::OK);
+    assert_eq!(t.map(1, 0x20000, 0x20fff, 0x50000, RW).status, status::OK);
+    b.fail_nth(CallKind::Unmap, 1);
+    assert_eq!(t.unmap(1, 0x10000, 0x11fff).status, status::IOERR);
+    // The guest cannot reach the range through the tables...
+    assert_eq!(t.translate(16, 0x10000), Err(FaultReason::Domain));
+    assert_eq!(t.translate(16, 0x20000), Err(FaultReason::Domain), "fenced");
+    // ...the host still maps it, and the tables account for that.
+    assert!(reach(&b, 0x10000));
+    assert_eq!(t.residue_bytes(), 0x2000);
+    assert!(t.is_fenced(1));
+    assert!(!reach(&b, 0x20000), "the rest of the domain is torn down");
+    let e = errors(&t);
+    assert_eq!(
+        (e["unmap"].as_u64(), e["fenced_domains"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(e["residue_bytes"], 0x2000);
+    assert_eq!(t.map(1, 0x30000, 0x30fff, 0, RW).status, status::IOERR);
+    assert_eq!(t.attach(1, 24, 0).status, status::NOENT);
+    // The guest retries: the host unmap succeeds, the residue is gone.
+    assert_eq!(t.unmap(1, 0x10000, 0x11fff).status, status::OK);
+    assert!(!reach(&b, 0x10000));
+    assert_eq!(t.residue_bytes(), 0);
+    assert_eq!(errors(&t)["residue_bytes"], 0);
+    assert!(b.sim.is_empty());
+    // Still fenced until destroyed: DETACH works, a new domain is clean.
+    assert_eq!(t.detach(1, 8).status, status::OK);
+    assert_eq!(t.detach(1, 16).status, status::OK);
+    assert_eq!(t.attach(2, 8, 0).status, status::OK);
+    assert_eq!(t.map(2, 0x10000, 0x10fff, 0x40000, RW).status, status::OK);
+    assert!(reach(&b, 0x10000));
+}
+
+#[test]
+fn a_retried_unmap_that_fails_again_stays_an_error() {
+    let (b, mut t) = strict();
+    t.attach(1, 8, 0);
+    t.map(1, 0x10000, 0x10fff, 0, RW);
+    b.fail_always(CallKind::Unmap, true);
+    assert_eq!(t.unmap(1, 0x10000, 0x10fff).status, status::IOERR);
+    assert_eq!(t.unmap(1, 0x10000, 0x10fff).status, status::IOERR);
+    assert_eq!(t.unmap(1, 0, 0xffff).status, status::OK, "no residue there");
+    assert!(reach(&b, 0x10000));
+    assert_eq!(errors(&t)["unmap"], 2);
+    b.fail_always(CallKind::Unmap, false);
+    assert_eq!(t.unmap(1, 0, u64::MAX - 1).status, status::OK);
+    assert!(b.sim.is_empty());
+}
+
+#[test]
+fn failed_attach_replay_is_not_answered_ok() {
+    let (b, mut t) = strict();
+    // An emulated endpoint builds the domain; the hardware one joins.
+    t.attach(1, 16, 0);
+    t.map(1, 0x10000, 0x10fff, 0x1000, RW);
+    t.map(1, 0x20000, 0x20fff, 0x2000, RW);
+    t.map(1, 0x30000, 0x30fff, 0x3000, RW);
+    b.fail_nth(CallKind::Map, 2);
+    assert_eq!(t.attach(1, 8, 0).status, status::IOERR);
+    assert!(b.sim.is_empty(), "the replayed part is rolled back");
+    assert!(t.is_fenced(1));
+    assert_eq!(t.domain_of(8), Some(1), "fenced, not bypassing");
+    assert_eq!(t.translate(16, 0x10000), Err(FaultReason::Domain));
+    let e = errors(&t);
+    assert_eq!(
+        (e["replay"].as_u64(), e["map"].as_u64()),
+        (Some(1), Some(1))
+    );
+    // The rollback itself fails: the replayed mapping is residue.
+    let (b, mut t) = strict();
+    t.attach(1, 16, 0);
+    t.map(1, 0x10000, 0x10fff, 0x1000, RW);
+    t.map(1, 0x20000, 0x20fff, 0x2000, RW);
+    b.fail_nth(CallKind::Map, 2);
+    b.fail_nth(CallKind::Unmap, 1);
+    assert_eq!(t.attach(1, 8, 0).status, status::IOERR);
+    assert!(reach(&b, 0x10000));
+    assert_eq!(t.residue_bytes(), 0x1000);
+    // Leaving for a new domain retries it before the new one is used.
+    assert_eq!(t.attach(2, 8, 0).status, status::OK);
+    assert!(b.sim.is_empty());
+    assert_eq!(t.residue_bytes(), 0);
+}
+
+#[test]
+fn detach_with_failing_unmaps_answers_ioerr_and_blocks_the_next_attach() {
+    let (b, mut t) = strict();
+    t.attach(1, 8, 0);
+    t.attach(1, 16, 0);
+    t.map(1, 0x10000, 0x10fff, 0x1000, RW);
+    b.fail_always(CallKind::Unmap, true);
+    // The last hardware endpoint leaves: the surviving domain is fenced.
+    assert_eq!(t.detach(1, 8).status, status::IOERR);
+    assert_eq!(t.domain_of(8), None);
+    assert!(t.is_fenced(1));
+    assert_eq!(t.translate(16, 0x10000), Err(FaultReason::Domain));
+    assert!(reach(&b, 0x10000));
+    // The host address space is dirty: a new domain of 8 is fenced.
+    assert_eq!(t.attach(2, 8, 0).status, status::IOERR);
+    assert!(t.is_fenced(2));
+    assert_eq!(t.map(2, 0x50000, 0x50fff, 0, RW).status, status::IOERR);
+    b.fail_always(CallKind::Unmap, false);
+    assert_eq!(t.attach(3, 8, 0).status, status::OK);
+    assert_eq!(t.residue_bytes(), 0);
+    assert_eq!(t.map(3, 0x50000, 0x50fff, 0, RW).status, status::OK);
+    // Destroying a domain on detach: freed in the tables, residue in the host.
+    b.fail_nth(CallKind::Unmap, 1);
+    let o = t.detach(3, 8);
+    assert_eq!((o.status, o.bytes), (status::IOERR, 0x1000));
+    assert_eq!(t.mapped_bytes(), 0x1000, "only domain 1's mapping is left");
+    assert_eq!(t.residue_bytes(), 0x1000);
+}
+
+#[test]
+fn reset_keeps_what_the_host_still_maps_and_retries_it() {
+    let (b, mut t) = strict();
+    t.attach(1, 8, 0);
+    t.map(1, 0x10000, 0x10fff, 0x1000, RW);
+    b.fail_always(CallKind::Unmap, true);
+    t.reset();
+    assert_eq!(t.domain_count(), 0);
+    assert_eq!(t.residue_bytes(), 0x1000);
+    assert!(reach(&b, 0x10000));
+    b.fail_always(CallKind::Unmap, false);
+    t.reset();
+    assert_eq!(t.residue_bytes(), 0);
+    assert!(b.sim.is_empty());
+}
+
+#[test]
+fn identity_map_is_all_or_nothing_and_a_failed_unmap_is_residue() {
+    let b = Arc::new(FailingBackend::default());
+    let mut t = Tables::new(Limits::default(), Some(b.clone()));
+    t.set_guest_ram(RAM.to_vec());
+    t.bypass_config = true;
+    // The second RAM range fails: the first is rolled back.
+    b.fail_nth(CallKind::Map, 2);
+    t.add_endpoint(8, None, true);
+    assert!(b.sim.is_empty());
+    assert_eq!(t.identity_bytes(), 0);
+    assert_eq!(errors(&t)["map"], 1);
+    // Retried at the next change.
+    t.set_bypass(true);
+    assert_eq!(t.identity_bytes(), 4 << 30);
+    // The driver clears bypass but the host keeps the identity map.
+    b.fail_nth(CallKind::Unmap, 1);
+    t.set_bypass(false);
+    assert_eq!(t.identity_bytes(), 0);
+    assert_eq!(t.residue_bytes(), 3 << 30);
+    assert!(reach(&b, 0x1000));
+    // A DMA domain for the hardware endpoint first cleans it.
+    assert_eq!(t.attach(1, 8, 0).status, status::OK);
+    assert!(b.sim.is_empty());
+    // Entering a bypass domain whose identity map fails: IOERR, fenced.
+    b.fail_nth(CallKind::Map, 1);
+    assert_eq!(
+        t.attach(2, 8, protocol::ATTACH_F_BYPASS).status,
+        status::IOERR
+    );
+    assert!(t.is_fenced(2));
+    assert!(b.sim.is_empty());
+    t.set_bypass(true);
+    assert!(
+        b.sim.is_empty(),
+        "a fenced bypass domain gets no identity map"
+    );
+    // New guest RAM: the old identity map's unmap fails.
+    assert_eq!(t.detach(2, 8).status, status::OK);
+    assert_eq!(t.identity_bytes(), 4 << 30);
+    b.fail_nth(CallKind::Unmap, 1);
+    t.set_guest_ram(vec![(0, 0x1000_0000)]);
+    assert_eq!(t.residue_bytes(), 3 << 30);
+}
+
+#[test]
+fn a_failed_map_whose_rollback_fails_fences_the_domain() {
+    let (b, mut t) = strict();
+    t.attach(1, 8, 0);
+    // Across the MSI window: two host maps; the second fails, the
+    // rollback of the first too.
+    b.fail_nth(CallKind::Map, 2);
+    b.fail_nth(CallKind::Unmap, 1);
+    let st = t.map(1, 0xfed0_0000, 0xfeff_ffff, 0x100_0000, RW).status;
+    assert_eq!(st, status::IOERR);
+    assert_eq!(t.mapped_bytes(), 0);
+    assert!(t.is_fenced(1));
+    assert_eq!(t.residue_bytes(), 0x10_0000);
+    // A failure the rollback cleans up is only an error.
+    let (b, mut t) = strict();
+    t.attach(1, 8, 0);
+    b.fail_nth(CallKind::Map, 2);
+    let st = t.map(1, 0xfed0_0000, 0xfeff_ffff, 0x100_0000, RW).status;
+    assert_eq!(st, status::IOERR);
+    assert!(!t.is_fenced(1));
+    assert!(b.sim.is_empty());
+    assert_eq!(t.map(1, 0x1000, 0x1fff, 0, RW).status, status::OK);
+}
