@@ -18,6 +18,7 @@ use vm_memory::{Bytes, GuestAddress, Permissions};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::host_sync::HostSync;
 use crate::poll::PollConfig;
 use crate::protocol::{self as p, status, Request};
 use crate::stats::Stats;
@@ -53,22 +54,29 @@ pub struct IommuState {
     /// Faults queued so far (after the queue holds them): what a polling
     /// worker watches instead of `fault_evt`.
     pub(crate) faults_queued: std::sync::atomic::AtomicU64,
+    /// Orders host backend work and runs what vCPU-side changes deferred
+    /// ([`crate::host_sync`]).
+    pub host: HostSync,
 }
 
 impl IommuState {
     /// Shared state over `tables`.
     pub fn new(tables: Tables) -> std::io::Result<Arc<Self>> {
         let stats = Stats::default().with_host(tables.host_errors());
-        Ok(Arc::new(IommuState {
+        let host = HostSync::new(tables.has_backend());
+        let state = Arc::new(IommuState {
             tables: RwLock::new(tables),
             stats: Arc::new(stats),
             faults: Mutex::new(VecDeque::new()),
             fault_evt: EventFd::new(libc::EFD_NONBLOCK)?,
             faults_queued: std::sync::atomic::AtomicU64::new(0),
-        }))
+            host,
+        });
+        HostSync::start(&state)?;
+        Ok(state)
     }
 
-    fn tables(&self) -> std::sync::RwLockWriteGuard<'_, Tables> {
+    pub(crate) fn tables(&self) -> std::sync::RwLockWriteGuard<'_, Tables> {
         self.tables.write().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -270,7 +278,15 @@ fn execute<M: Bytes<GuestAddress>>(
     wlen: u64,
     probe_len: &mut u64,
 ) -> (u8, u64) {
+    // Host calls are ordered (crate::host_sync); work a vCPU deferred is
+    // done before this request is answered.
+    let _order = state.host.order();
     let mut t = state.tables();
+    if t.host_pending() {
+        drop(t);
+        state.sync_host_ordered();
+        t = state.tables();
+    }
     let o = match req {
         Request::Attach {
             domain,
@@ -298,7 +314,7 @@ fn execute<M: Bytes<GuestAddress>>(
             if wlen < size + p::TAIL_LEN as u64 {
                 return (status::INVAL, 0);
             }
-            let (lo, hi) = t.limits().msi_window;
+            let (lo, hi) = t.limits().msi_window();
             drop(t);
             let mut props = vec![0u8; PROBE_SIZE as usize];
             props[..24].copy_from_slice(&p::encode_resv_mem(p::RESV_MEM_T_MSI, lo, hi));
@@ -567,10 +583,10 @@ impl VirtioIommu {
         let mut c = [0u8; 40];
         let page_mask: u64 = !(crate::tables::GRANULE - 1);
         c[0..8].copy_from_slice(&page_mask.to_le_bytes());
-        c[8..16].copy_from_slice(&l.input_start.to_le_bytes());
-        c[16..24].copy_from_slice(&l.input_end.to_le_bytes());
-        c[24..28].copy_from_slice(&l.domain_start.to_le_bytes());
-        c[28..32].copy_from_slice(&l.domain_end.to_le_bytes());
+        c[8..16].copy_from_slice(&l.input_start().to_le_bytes());
+        c[16..24].copy_from_slice(&l.input_end().to_le_bytes());
+        c[24..28].copy_from_slice(&l.domain_start().to_le_bytes());
+        c[28..32].copy_from_slice(&l.domain_end().to_le_bytes());
         c[32..36].copy_from_slice(&PROBE_SIZE.to_le_bytes());
         c[36] = u8::from(t.bypass());
         c
@@ -608,10 +624,14 @@ impl VirtioDevice for VirtioIommu {
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         // Only `bypass` is writable, and only with BYPASS_CONFIG.
+        // No host call here (a vCPU thread): the identity map follows on
+        // the viommu-host thread, before the next request is answered.
         if offset == 36 && data.len() == 1 {
             let mut t = self.state.tables();
             if t.bypass_config {
                 t.set_bypass(data[0] & 1 != 0);
+                drop(t);
+                self.state.host.request();
             }
         }
     }
@@ -650,6 +670,7 @@ impl VirtioDevice for VirtioIommu {
     fn reset(&mut self) {
         self.stop_worker();
         self.state.tables().reset();
+        self.state.host.request();
     }
 }
 

@@ -13,6 +13,8 @@ pub mod backend;
 pub mod device;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+pub mod host_sync;
+pub mod limits;
 pub mod poll;
 pub mod protocol;
 pub mod stats;

@@ -29,8 +29,9 @@
 //!   emulated endpoints' IOTLBs are invalidated, their translation faults)
 //!   but is kept as host *residue*: accounted as still mapped in the host
 //!   ([`Tables::residue_bytes`]), retried by a later UNMAP covering it, by
-//!   every ATTACH of a hardware endpoint and at reset, and dropped only
-//!   once the host unmap succeeded;
+//!   every ATTACH of a hardware endpoint and by the deferred host work
+//!   after a reset or bypass write, and dropped only once the host unmap
+//!   succeeded;
 //! - whenever the host holds a mapping the guest did not (or no longer)
 //!   ask for, or lacks one the guest was told is there, the domain
 //!   concerned is **fenced** until it is destroyed or the device reset:
@@ -50,6 +51,16 @@
 //!
 //! Every failure is counted in [`HostErrors`] (stats JSON `host_errors`).
 //!
+//! # No host calls on a vCPU thread
+//!
+//! [`Tables::set_bypass`] and [`Tables::reset`] run on a vCPU thread
+//! under the tables' write lock, so they make no host call: they mark
+//! host work pending, which [`Tables::take_host_work`] /
+//! [`HostWork::run`] / [`Tables::finish_host_work`] do later with the
+//! tables unlocked; [`crate::host_sync`] says where and why that stays
+//! correct. Every other host call happens while a request is handled, on
+//! the device worker.
+//!
 //! The MSI window ([`Limits::msi_window`]) is never mapped in the backend:
 //! host interrupt remapping owns it. Every hardware endpoint shares the one
 //! backend (one host address space), so only one of them may be behind the
@@ -62,43 +73,19 @@ use std::sync::Arc;
 use devices::dma::{DmaIotlb, DmaMapping};
 use vm_memory::Permissions;
 
-use crate::backend::{BackendError, HostErrors, HostIommu};
+use crate::backend::{HostErrors, HostIommu};
 use crate::protocol::{self, status};
+
+pub use crate::limits::{Limits, LimitsError};
+
+#[path = "tables_host.rs"]
+mod host;
+pub use host::{HostDone, HostWork};
 
 /// Granule of mappings (4 KiB).
 pub const GRANULE: u64 = 0x1000;
 /// Size of the identity translation handed out for bypassed endpoints.
 const IDENTITY_CHUNK: u64 = 2 << 20;
-
-/// Fixed properties of the IOMMU (its config space).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
-    /// First valid IOVA.
-    pub input_start: u64,
-    /// Last valid IOVA.
-    pub input_end: u64,
-    /// First valid domain ID.
-    pub domain_start: u32,
-    /// Last valid domain ID.
-    pub domain_end: u32,
-    /// Most mappings per domain (beyond: NOMEM).
-    pub max_mappings: usize,
-    /// The MSI doorbell window `[start, end]`, reported by PROBE.
-    pub msi_window: (u64, u64),
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            input_start: 0,
-            input_end: (1 << 48) - 1,
-            domain_start: 0,
-            domain_end: 0xffff,
-            max_mappings: 1 << 20,
-            msi_window: (0xfee0_0000, 0xfeef_ffff),
-        }
-    }
-}
 
 /// One mapping of a domain, keyed by its first IOVA.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,6 +161,12 @@ pub struct Tables {
     /// although the tables removed them (failed unmaps).
     residue: BTreeMap<u64, u64>,
     errors: Arc<HostErrors>,
+    /// Host work deferred by [`Tables::set_bypass`] or [`Tables::reset`]
+    /// waits ([`Tables::take_host_work`]).
+    host_pending: bool,
+    /// Bumped by every deferring change, so host work planned before one
+    /// is redone.
+    host_gen: u64,
 }
 
 /// The parts of `[start, last]` outside the inclusive `window`, as
@@ -219,92 +212,8 @@ impl Tables {
             identity: Vec::new(),
             residue: BTreeMap::new(),
             errors: Arc::new(HostErrors::default()),
-        }
-    }
-
-    /// The host failure counters (shared with the stats).
-    pub fn host_errors(&self) -> Arc<HostErrors> {
-        self.errors.clone()
-    }
-
-    /// Bytes the host still maps although the tables removed them.
-    pub fn residue_bytes(&self) -> u64 {
-        self.residue.iter().map(|(s, l)| l - s + 1).sum()
-    }
-
-    /// True when domain `domain` exists and is fenced.
-    pub fn is_fenced(&self, domain: u32) -> bool {
-        self.domains.get(&domain).is_some_and(|d| d.fenced)
-    }
-
-    fn update_residue_gauge(&self) {
-        self.errors
-            .residue_bytes
-            .store(self.residue_bytes(), Ordering::Relaxed);
-    }
-
-    /// Host unmap of `[s, l]`; a failure is counted and the range kept as
-    /// residue. Returns whether the host unmapped it.
-    fn host_unmap(&mut self, s: u64, l: u64, what: &str) -> bool {
-        let Some(b) = self.backend.clone() else {
-            return true;
-        };
-        match b.unmap(s, l - s + 1) {
-            Ok(_) => true,
-            Err(e) => {
-                tracing::error!("host IOMMU unmap of {s:#x}..={l:#x} failed ({what}): {e}");
-                self.errors.unmap.fetch_add(1, Ordering::Relaxed);
-                self.residue.insert(s, l);
-                self.update_residue_gauge();
-                false
-            }
-        }
-    }
-
-    /// Retries the host unmap of the residue inside `[lo, hi]`; returns
-    /// whether none is left there.
-    fn retry_residue(&mut self, lo: u64, hi: u64) -> bool {
-        let due: Vec<(u64, u64)> = self
-            .residue
-            .range(lo..=hi)
-            .filter(|(_, &l)| l <= hi)
-            .map(|(&s, &l)| (s, l))
-            .collect();
-        for (s, l) in due {
-            self.residue.remove(&s);
-            self.host_unmap(s, l, "residue retry");
-        }
-        self.update_residue_gauge();
-        self.residue
-            .range(..=hi)
-            .next_back()
-            .is_none_or(|(_, &l)| l < lo)
-    }
-
-    /// Fences domain `d` (see the module docs): its endpoints' translation
-    /// faults and its host mappings are torn down.
-    fn fence(&mut self, d: u32) {
-        let Some(dom) = self.domains.get(&d) else {
-            return;
-        };
-        if dom.fenced {
-            return;
-        }
-        let in_host = self.domain_has_hardware(dom);
-        let ranges: Vec<(u64, u64)> = dom.mappings.iter().map(|(&s, m)| (s, m.end)).collect();
-        let eps: Vec<u32> = dom.endpoints.iter().copied().collect();
-        if let Some(dom) = self.domains.get_mut(&d) {
-            dom.fenced = true;
-        }
-        self.errors.fenced_domains.fetch_add(1, Ordering::Relaxed);
-        tracing::error!("virtio-iommu: domain {d} fenced after a host IOMMU failure");
-        for ep in eps {
-            self.invalidate(ep, None);
-        }
-        if in_host {
-            for (s, e) in ranges {
-                self.host_unmap(s, e, "fence");
-            }
+            host_pending: false,
+            host_gen: 0,
         }
     }
 
@@ -324,117 +233,14 @@ impl Tables {
     }
 
     /// Sets the config `bypass` byte (driver write with BYPASS_CONFIG):
-    /// unattached endpoints bypass translation while it is set.
+    /// unattached emulated endpoints bypass translation while it is set,
+    /// from now on. Makes no host call (it runs on a vCPU thread): the
+    /// identity map of hardware endpoints follows by the deferred host
+    /// work ([`Tables::take_host_work`]), which the device does before it
+    /// answers its next request.
     pub fn set_bypass(&mut self, on: bool) {
         self.bypass = on;
-        self.sync_identity();
-    }
-
-    /// Bytes of guest RAM identity-mapped in the backend for bypassing
-    /// hardware endpoints.
-    pub fn identity_bytes(&self) -> u64 {
-        self.identity.iter().map(|(s, l)| l - s + 1).sum()
-    }
-
-    /// True when some hardware endpoint bypasses translation.
-    fn hardware_bypasses(&self) -> bool {
-        self.endpoints.values().any(|e| {
-            e.hardware
-                && match e.domain {
-                    None => self.bypass,
-                    Some(d) => self.domains.get(&d).is_some_and(|d| d.bypass && !d.fenced),
-                }
-        })
-    }
-
-    /// Guest RAM, granule aligned and without the MSI window, as inclusive
-    /// ranges.
-    fn identity_ranges(&self) -> Vec<(u64, u64)> {
-        let mut out = Vec::new();
-        for &(gpa, len) in &self.guest_ram {
-            let Some(start) = gpa.checked_next_multiple_of(GRANULE) else {
-                continue;
-            };
-            let end = gpa.saturating_add(len) & !(GRANULE - 1);
-            if end <= start {
-                continue;
-            }
-            out.extend(outside(start, end - 1, self.limits.msi_window));
-        }
-        out
-    }
-
-    /// Maps or unmaps the identity map so that it exists exactly while a
-    /// hardware endpoint bypasses translation. Returns false when the host
-    /// failed (a failed map is rolled back, a failed unmap left as
-    /// residue).
-    fn sync_identity(&mut self) -> bool {
-        let Some(b) = self.backend.clone() else {
-            return true;
-        };
-        let want = self.hardware_bypasses();
-        let mapped = !self.identity.is_empty();
-        if want == mapped || (want && self.guest_ram.is_empty()) {
-            return true;
-        }
-        if !want {
-            return self.unmap_identity();
-        }
-        let started = std::time::Instant::now();
-        for (s, l) in self.identity_ranges() {
-            // Page-aligned, outside the MSI window: mapped in one piece.
-            if let Err(e) = b.map(s, s, l - s + 1, Permissions::ReadWrite) {
-                tracing::error!("host IOMMU identity map of {s:#x}..={l:#x} failed: {e}");
-                self.errors.map.fetch_add(1, Ordering::Relaxed);
-                self.unmap_identity();
-                return false;
-            }
-            self.identity.push((s, l));
-        }
-        tracing::info!(
-            bytes = self.identity_bytes(),
-            ms = started.elapsed().as_millis() as u64,
-            "host IOMMU: guest RAM identity-mapped for a bypassing hardware endpoint"
-        );
-        true
-    }
-
-    /// Removes the identity map; failures become residue. Returns whether
-    /// every unmap succeeded.
-    fn unmap_identity(&mut self) -> bool {
-        let mut ok = true;
-        for (s, l) in std::mem::take(&mut self.identity) {
-            ok &= self.host_unmap(s, l, "identity");
-        }
-        ok
-    }
-
-    /// Mirrors one mapping into the backend, leaving out the MSI window.
-    /// On failure, it is rolled back; what the rollback cannot remove
-    /// becomes residue (`Err(true)`), else `Err(false)`.
-    fn backend_map(
-        &mut self,
-        b: &dyn HostIommu,
-        virt_start: u64,
-        virt_end: u64,
-        phys: u64,
-        flags: u32,
-    ) -> Result<(), bool> {
-        let mut done: Vec<(u64, u64)> = Vec::new();
-        for (s, l) in outside(virt_start, virt_end, self.limits.msi_window) {
-            if let Err(e) = b.map(s, phys + (s - virt_start), l - s + 1, perm(flags)) {
-                let e: BackendError = e;
-                tracing::warn!("host IOMMU map of {s:#x}..={l:#x} failed: {e}");
-                self.errors.map.fetch_add(1, Ordering::Relaxed);
-                let mut residue = false;
-                for (s, l) in done {
-                    residue |= !self.host_unmap(s, l, "map rollback");
-                }
-                return Err(residue);
-            }
-            done.push((s, l));
-        }
-        Ok(())
+        self.defer_host();
     }
 
     /// The fixed limits.
@@ -472,20 +278,35 @@ impl Tables {
     }
 
     /// Back to the reset state: every endpoint detached, every domain gone.
-    /// Host unmaps that fail stay residue (retried once more here).
+    /// Makes no host call (it runs on a vCPU thread): what the host still
+    /// maps of the domains becomes residue, removed with the identity map
+    /// update by the deferred host work ([`Tables::take_host_work`]).
+    /// Removing it later loses no protection: after reset the bypass byte
+    /// is set and every endpoint reaches all guest RAM.
     pub fn reset(&mut self) {
-        let ids: Vec<u32> = self.domains.keys().copied().collect();
-        for d in ids {
-            let eps: Vec<u32> = self.domains[&d].endpoints.iter().copied().collect();
-            for ep in eps {
-                self.remove_from_domain(ep, d);
+        let mut held = Vec::new();
+        for d in self.domains.values() {
+            if !d.fenced && self.domain_has_hardware(d) {
+                held.extend(d.mappings.iter().map(|(&s, m)| (s, m.end)));
             }
         }
-        self.retry_residue(0, u64::MAX);
+        for (s, l) in held {
+            self.add_residue(s, l);
+        }
+        self.update_residue_gauge();
+        self.domains.clear();
+        let ids: Vec<u32> = self.endpoints.keys().copied().collect();
+        for ep in ids {
+            if let Some(e) = self.endpoints.get_mut(&ep) {
+                e.domain = None;
+            }
+            self.invalidate(ep, None);
+        }
+        self.mapped_bytes = 0;
         self.bypass = true;
         self.bypass_config = false;
         self.mmio = false;
-        self.sync_identity();
+        self.defer_host();
     }
 
     fn invalidate(&self, endpoint: u32, range: Option<(u64, u64)>) {
@@ -552,7 +373,7 @@ impl Tables {
         if flags & !protocol::ATTACH_F_BYPASS != 0 || (bypass && !self.bypass_config) {
             return Outcome::status(status::INVAL);
         }
-        if domain < self.limits.domain_start || domain > self.limits.domain_end {
+        if domain < self.limits.domain_start() || domain > self.limits.domain_end() {
             return Outcome::status(status::RANGE);
         }
         if let Some(d) = self.domains.get(&domain) {
@@ -681,7 +502,7 @@ impl Tables {
         if dom.bypass || virt_end < virt_start {
             return Outcome::status(status::INVAL);
         }
-        if virt_start < self.limits.input_start || virt_end > self.limits.input_end {
+        if virt_start < self.limits.input_start() || virt_end > self.limits.input_end() {
             return Outcome::status(status::RANGE);
         }
         // input_end < 2^64 - 1, so this cannot overflow.
@@ -701,7 +522,7 @@ impl Tables {
         if dom.fenced {
             return Outcome::status(status::IOERR);
         }
-        if dom.mappings.len() >= self.limits.max_mappings {
+        if dom.mappings.len() >= self.limits.max_mappings() {
             return Outcome::status(status::NOMEM);
         }
         if self.domain_has_hardware(dom) {

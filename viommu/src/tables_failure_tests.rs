@@ -151,11 +151,14 @@ fn reset_keeps_what_the_host_still_maps_and_retries_it() {
     t.map(1, 0x10000, 0x10fff, 0x1000, RW);
     b.fail_always(CallKind::Unmap, true);
     t.reset();
+    t.sync_host();
     assert_eq!(t.domain_count(), 0);
     assert_eq!(t.residue_bytes(), 0x1000);
     assert!(reach(&b, 0x10000));
+    assert_eq!(errors(&t)["unmap"], 1);
     b.fail_always(CallKind::Unmap, false);
     t.reset();
+    t.sync_host();
     assert_eq!(t.residue_bytes(), 0);
     assert!(b.sim.is_empty());
 }
@@ -174,10 +177,12 @@ fn identity_map_is_all_or_nothing_and_a_failed_unmap_is_residue() {
     assert_eq!(errors(&t)["map"], 1);
     // Retried at the next change.
     t.set_bypass(true);
+    t.sync_host();
     assert_eq!(t.identity_bytes(), 4 << 30);
     // The driver clears bypass but the host keeps the identity map.
     b.fail_nth(CallKind::Unmap, 1);
     t.set_bypass(false);
+    t.sync_host();
     assert_eq!(t.identity_bytes(), 0);
     assert_eq!(t.residue_bytes(), 3 << 30);
     assert!(reach(&b, 0x1000));

@@ -271,11 +271,18 @@ fn global_bypass_and_domain_moves_keep_the_host_in_step() {
     assert_eq!(t.detach(3, 8).status, status::OK);
     assert_eq!(map_calls(&b), calls + 2);
     assert_eq!(t.identity_bytes(), 4 << 30);
-    // The driver clears the bypass byte: nothing reachable.
+    // The driver clears the bypass byte: nothing reachable once the
+    // deferred host work ran (the device does it before its next answer).
+    let calls = b.unmap_calls.load(std::sync::atomic::Ordering::Relaxed);
     t.set_bypass(false);
+    assert!(t.host_pending());
+    let after = b.unmap_calls.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(after, calls, "no host call on the vCPU path");
+    t.sync_host();
     assert!(b.is_empty());
     // A device reset sets it again.
     t.reset();
+    t.sync_host();
     assert!(t.bypass());
     assert_eq!(t.identity_bytes(), 4 << 30);
     // An emulated-only VM never touches the backend.
@@ -465,4 +472,31 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn extreme_limits_never_overflow() {
+    let l = Limits::new((0, u64::MAX - 1), (u32::MAX, u32::MAX), 1, (0, 0xfff)).unwrap();
+    let mut t = Tables::new(l, None);
+    t.add_endpoint(8, None, false);
+    assert_eq!(t.attach(u32::MAX, 8, 0).status, status::OK);
+    assert_eq!(t.attach(0, 8, 0).status, status::RANGE);
+    // The whole input range but for its last byte: not a granule multiple.
+    assert_eq!(
+        t.map(u32::MAX, 0, u64::MAX - 1, 0, RW).status,
+        status::RANGE
+    );
+    assert_eq!(t.map(u32::MAX, 0, u64::MAX, 0, RW).status, status::RANGE);
+    let top = (u64::MAX - 1) & !0xfff;
+    assert_eq!(
+        t.map(u32::MAX, top - 0x1000, top - 1, 0, RW).status,
+        status::OK
+    );
+    assert_eq!(
+        t.map(u32::MAX, 0, 0xfff, 0, RW).status,
+        status::NOMEM,
+        "max 1"
+    );
+    assert_eq!(t.unmap(u32::MAX, 0, u64::MAX).status, status::OK);
+    assert_eq!(t.mapped_bytes(), 0);
 }

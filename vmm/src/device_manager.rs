@@ -212,10 +212,9 @@ impl DeviceManager {
         let viommu = match cfg.iommu_mode {
             IommuMode::Off => None,
             _ => {
-                let limits = Limits {
-                    msi_window: (layout::APIC_START, layout::APIC_START + 0xf_ffff),
-                    ..Limits::default()
-                };
+                let limits = Limits::default()
+                    .with_msi_window(layout::APIC_START, layout::APIC_START + 0xf_ffff)
+                    .map_err(wiring)?;
                 let backend = vfio.viommu_backend();
                 let hardware = backend.is_some();
                 let mut tables = Tables::new(limits, backend);
