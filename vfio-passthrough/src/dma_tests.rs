@@ -240,7 +240,7 @@ fn a_failed_vfio_unmap_keeps_the_mapping_accounted_and_the_guest_gets_ioerr() {
         status::OK
     );
     m.fail_unmaps.store(true, Ordering::SeqCst);
-    assert_eq!(t.unmap(1, 0x4000_0000, 0x4000_1fff).status, status::IOERR);
+    assert_eq!(t.unmap(1, 0x4000_0000, 0x4000_1fff).status, status::DEVERR);
     // The container still maps it, and both sides say so.
     assert_eq!(m.live.lock().unwrap().len(), 1);
     assert_eq!(b.mapped_bytes(), 0x2000);

@@ -228,24 +228,31 @@ pub(crate) fn handle_request<M: Bytes<GuestAddress>>(
     }
     let start = Instant::now();
     let mut probe_len = 0u64;
+    // Statuses and unwritten returns per virtio 1.2, 5.13.6.
     let (kind, st, bytes) = if fault {
         stats.malformed.fetch_add(1, Ordering::Relaxed);
         (None, status::FAULT, 0)
     } else if got < p::HEAD_LEN {
+        // Empty: no type to answer for; returned unwritten.
         stats.malformed.fetch_add(1, Ordering::Relaxed);
-        (None, status::DEVERR, 0)
+        return 0;
     } else {
-        match (
-            p::body_len(buf[0]),
-            Request::decode(buf[0], &buf[p::HEAD_LEN..got]),
-        ) {
+        let body = &buf[p::HEAD_LEN..got];
+        match (p::body_len(buf[0]), Request::decode(buf[0], body)) {
             (None, _) => {
+                // Unknown type: the device SHOULD NOT write the buffer
+                // and SHOULD set the used length to zero.
                 stats.malformed.fetch_add(1, Ordering::Relaxed);
-                (None, status::UNSUPP, 0)
+                return 0;
             }
             (Some(_), None) => {
+                // Truncated body; the tail is there: INVAL.
                 stats.malformed.fetch_add(1, Ordering::Relaxed);
-                (None, status::DEVERR, 0)
+                (None, status::INVAL, 0)
+            }
+            (Some(_), Some(req)) if !p::reserved_is_zero(buf[0], body) => {
+                stats.malformed.fetch_add(1, Ordering::Relaxed);
+                (Some(req.kind()), status::INVAL, 0)
             }
             (Some(_), Some(req)) => {
                 let (st, bytes) = execute(state, mem, req, writable, wlen, &mut probe_len);
@@ -603,7 +610,10 @@ impl VirtioDevice for VirtioIommu {
     }
 
     fn avail_features(&self) -> u64 {
+        // Indirect descriptor tables are followed by virtio-queue (nested
+        // tables, bad lengths and loops end the chain; see device_tests).
         features::VERSION_1
+            | features::INDIRECT_DESC
             | p::F_INPUT_RANGE
             | p::F_DOMAIN_RANGE
             | p::F_MAP_UNMAP

@@ -69,13 +69,14 @@ fn requests_return_the_spec_statuses() {
         send(&mut tq, &mut w, &map(1, 0x1000, 0x1fff, 0x5000, 3), 4).0,
         p::status::INVAL
     );
+    // Unknown type, and no type at all: returned unwritten, used length 0.
+    tq.ram.write_obj(0xffu8, GuestAddress(0x20000)).unwrap();
+    assert_eq!(send(&mut tq, &mut w, &[9, 0, 0, 0, 1, 2, 3], 4), (0xff, 0));
+    assert_eq!(send(&mut tq, &mut w, &[p::req::MAP, 0], 4), (0xff, 0));
+    // Truncated body (the tail is found): INVAL.
     assert_eq!(
-        send(&mut tq, &mut w, &[9, 0, 0, 0, 1, 2, 3], 4).0,
-        p::status::UNSUPP
-    );
-    assert_eq!(
-        send(&mut tq, &mut w, &map(1, 0, 0xfff, 0, 3)[..20], 4).0,
-        p::status::DEVERR
+        send(&mut tq, &mut w, &map(1, 0, 0xfff, 0, 3)[..20], 4),
+        (p::status::INVAL, 4)
     );
     let mut probe = vec![p::req::PROBE, 0, 0, 0];
     probe.extend(8u32.to_le_bytes());
@@ -109,8 +110,8 @@ fn chains_without_room_for_a_status_are_returned_empty() {
     assert_eq!(tq.used(0).1, 0);
     assert_eq!(tq.used(1).1, 0);
     assert_eq!(tq.used(2).1, 0);
-    // The third is also an unknown (zero) type: counted twice.
-    assert_eq!(s.stats.malformed.load(Ordering::Relaxed), 4);
+    // The third has room but an unknown (zero) type: returned unwritten.
+    assert_eq!(s.stats.malformed.load(Ordering::Relaxed), 3);
 }
 
 #[test]
@@ -436,7 +437,7 @@ fn a_failed_host_unmap_is_answered_ioerr_and_blocks_emulated_dma() {
     unmap.extend(0x10fffu64.to_le_bytes());
     unmap.extend([0u8; 4]);
     b.fail_nth(CallKind::Unmap, 1);
-    assert_eq!(send(&mut tq, &mut w, &unmap, 4).0, p::status::IOERR);
+    assert_eq!(send(&mut tq, &mut w, &unmap, 4).0, p::status::DEVERR);
     assert!(s
         .endpoint(16)
         .translate(0x10000, Permissions::Read)
@@ -450,4 +451,156 @@ fn a_failed_host_unmap_is_answered_ioerr_and_blocks_emulated_dma() {
     // The guest retries and succeeds: nothing is left in the host.
     assert_eq!(send(&mut tq, &mut w, &unmap, 4).0, p::status::OK);
     assert!(b.sim.is_empty());
+}
+
+fn unmap_req(domain: u32, start: u64, end: u64, reserved: [u8; 4]) -> Vec<u8> {
+    let mut r = vec![p::req::UNMAP, 0, 0, 0];
+    r.extend(domain.to_le_bytes());
+    r.extend(start.to_le_bytes());
+    r.extend(end.to_le_bytes());
+    r.extend(reserved);
+    r
+}
+
+#[test]
+fn reserved_fields_and_the_msi_region_follow_the_spec() {
+    let s = state();
+    let mut tq = TestQueue::new(16);
+    let mut w = worker(&s, &tq);
+    // ATTACH with a non-zero reserved field: MUST be INVAL, not attached.
+    let mut a = attach(1, 8, 0);
+    a[19] = 1;
+    assert_eq!(send(&mut tq, &mut w, &a, 4).0, p::status::INVAL);
+    assert_eq!(s.tables.read().unwrap().domain_of(8), None);
+    // The head's reserved bytes are ignored.
+    let mut a = attach(1, 8, 0);
+    a[1..4].copy_from_slice(&[0xff; 3]);
+    assert_eq!(send(&mut tq, &mut w, &a, 4).0, p::status::OK);
+    // MAP over the PROBE-reported MSI region (0xfee00000..=0xfeefffff):
+    // rejected, partly or wholly.
+    let m = map(1, 0xfed0_0000, 0xfee0_0fff, 0x10_0000, 3);
+    assert_eq!(send(&mut tq, &mut w, &m, 4).0, p::status::INVAL);
+    let m = map(1, 0xfeef_f000, 0xfeef_ffff, 0x10_0000, 3);
+    assert_eq!(send(&mut tq, &mut w, &m, 4).0, p::status::INVAL);
+    let m = map(1, 0xfef0_0000, 0xfef0_0fff, 0x10_0000, 3);
+    assert_eq!(send(&mut tq, &mut w, &m, 4).0, p::status::OK, "just after");
+    // UNMAP with a non-zero reserved field: INVAL, nothing unmapped.
+    let u = unmap_req(1, 0xfef0_0000, 0xfef0_0fff, [0, 0, 1, 0]);
+    assert_eq!(send(&mut tq, &mut w, &u, 4).0, p::status::INVAL);
+    assert_eq!(s.tables.read().unwrap().mapped_bytes(), 0x1000);
+    let u = unmap_req(1, 0xfef0_0000, 0xfef0_0fff, [0; 4]);
+    assert_eq!(send(&mut tq, &mut w, &u, 4).0, p::status::OK);
+    // DETACH and PROBE reserved fields are ignored (MUST).
+    let mut probe = vec![p::req::PROBE, 0, 0, 0];
+    probe.extend(8u32.to_le_bytes());
+    probe.extend([0xa5u8; 64]);
+    assert_eq!(
+        send(&mut tq, &mut w, &probe, PROBE_SIZE + 4).0,
+        p::status::OK
+    );
+    let mut d = vec![p::req::DETACH, 0, 0, 0];
+    d.extend(1u32.to_le_bytes());
+    d.extend(8u32.to_le_bytes());
+    d.extend([0xffu8; 8]);
+    assert_eq!(send(&mut tq, &mut w, &d, 4).0, p::status::OK);
+    // DETACH from a domain that does not exist: INVAL (5.13.6.4).
+    assert_eq!(send(&mut tq, &mut w, &d, 4).0, p::status::INVAL);
+    assert_eq!(s.stats.malformed.load(Ordering::Relaxed), 2);
+    assert_eq!(s.stats.failed[0].load(Ordering::Relaxed), 1);
+}
+
+const F_NEXT: u16 = 1;
+const F_WRITE: u16 = 2;
+const F_INDIRECT: u16 = 4;
+
+/// A raw descriptor: address, length, flags, next.
+type Desc = (u64, u32, u16, u16);
+
+/// Writes an indirect descriptor table at `at`.
+fn table(tq: &TestQueue, at: u64, descs: &[Desc]) {
+    for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
+        let base = at + 16 * i as u64;
+        tq.ram.write_obj(addr, GuestAddress(base)).unwrap();
+        tq.ram.write_obj(len, GuestAddress(base + 8)).unwrap();
+        tq.ram.write_obj(flags, GuestAddress(base + 12)).unwrap();
+        tq.ram.write_obj(next, GuestAddress(base + 14)).unwrap();
+    }
+}
+
+#[test]
+fn indirect_descriptors_are_offered_and_followed() {
+    let s = state();
+    let d = VirtioIommu::new(s.clone());
+    assert_ne!(d.avail_features() & features::INDIRECT_DESC, 0);
+    let mut tq = TestQueue::new(16);
+    let mut w = worker(&s, &tq);
+    tq.ram
+        .write_slice(&attach(1, 8, 0), GuestAddress(0x10000))
+        .unwrap();
+    let req = (0x10000, 20, F_NEXT, 1);
+    let tail = (0x20000, 4, F_WRITE, 0);
+    table(&tq, 0x30000, &[req, tail]);
+    // The head points at the table (NEXT on it is ignored, as the spec
+    // forbids it); a second chain uses a table at an unaligned address.
+    tq.write_desc(0, 0x30000, 32, F_INDIRECT | F_NEXT, 5);
+    tq.publish(0);
+    table(&tq, 0x30104, &[req, tail]);
+    tq.write_desc(1, 0x30104, 32, F_INDIRECT, 0);
+    tq.publish(1);
+    w.process_requests();
+    assert_eq!(tq.used_idx(), 2);
+    assert_eq!(tq.used(0), (0, 4));
+    assert_eq!(tq.used(1), (1, 4));
+    assert_eq!(s.stats.requests[0].load(Ordering::Relaxed), 2);
+    assert_eq!(s.tables.read().unwrap().domain_of(8), Some(1));
+    assert_eq!(s.stats.malformed.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn malformed_indirect_tables_are_returned_unwritten_and_counted() {
+    let s = state();
+    let mut tq = TestQueue::new(16);
+    let mut w = worker(&s, &tq);
+    tq.ram
+        .write_slice(&attach(1, 8, 0), GuestAddress(0x10000))
+        .unwrap();
+    let tail = (0x20000, 4, F_WRITE, 0);
+    let cases: [(u64, u32, &[Desc]); 6] = [
+        // A loop inside the table: bounded by its size, no tail reached.
+        (
+            0x30000,
+            32,
+            &[(0x10000, 20, F_NEXT, 1), (0x10000, 20, F_NEXT, 0)],
+        ),
+        // A nested table: the chain ends there.
+        (0x30100, 32, &[(0x30000, 32, F_INDIRECT, 0), tail]),
+        // More than 65535 entries.
+        (0x30200, 0x10_0000, &[]),
+        // Length not a multiple of 16.
+        (0x30300, 20, &[(0x10000, 20, F_NEXT, 1), tail]),
+        // Outside guest memory.
+        (0xfff_0000, 32, &[]),
+        // A `next` beyond the table.
+        (0x30400, 32, &[(0x10000, 20, F_NEXT, 7), tail]),
+    ];
+    tq.ram.write_obj(0x5au8, GuestAddress(0x20000)).unwrap();
+    for (i, (at, len, descs)) in cases.iter().enumerate() {
+        table(&tq, *at, descs);
+        tq.write_desc(i as u16, *at, *len, F_INDIRECT, 0);
+        tq.publish(i as u16);
+    }
+    w.process_requests();
+    assert_eq!(tq.used_idx(), cases.len() as u16, "every chain returned");
+    for i in 0..cases.len() as u16 {
+        assert_eq!(tq.used(i), (i, 0), "case {i}");
+    }
+    let st: u8 = tq.ram.read_obj(GuestAddress(0x20000)).unwrap();
+    assert_eq!(st, 0x5a, "no status written");
+    assert_eq!(
+        s.stats.malformed.load(Ordering::Relaxed),
+        cases.len() as u64
+    );
+    assert_eq!(s.tables.read().unwrap().domain_of(8), None);
+    // The queue still works.
+    assert_eq!(send(&mut tq, &mut w, &attach(1, 8, 0), 4).0, p::status::OK);
 }

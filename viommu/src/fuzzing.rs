@@ -106,6 +106,22 @@ mod tests {
         assert_eq!(s.tables.read().unwrap().mapped_bytes(), 0x1000);
     }
 
+    #[test]
+    fn corpus_seeds_for_reserved_fields_and_indirect_tables() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/requests");
+        // seed-12: ATTACH with a reserved byte set (INVAL), then a valid one.
+        let s = run(&std::fs::read(dir.join("seed-12")).expect("seed-12"));
+        assert_eq!(s.stats.requests[0].load(Ordering::Relaxed), 2);
+        assert_eq!(s.stats.failed[0].load(Ordering::Relaxed), 1);
+        assert_eq!(s.tables.read().unwrap().domain_of(8), Some(1));
+        // seed-13: a MAP through an indirect table (no domain: NOENT), and
+        // a nested table (returned unwritten, counted).
+        let s = run(&std::fs::read(dir.join("seed-13")).expect("seed-13"));
+        assert_eq!(s.stats.requests[2].load(Ordering::Relaxed), 1);
+        assert_eq!(s.stats.failed[2].load(Ordering::Relaxed), 1);
+        assert_eq!(s.stats.malformed.load(Ordering::Relaxed), 1);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
         #[test]

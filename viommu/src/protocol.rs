@@ -28,17 +28,21 @@ pub mod req {
     pub const PROBE: u8 = 5;
 }
 
-/// Request status codes.
+/// Request status codes (virtio 1.2, 5.13.6). Chains the device cannot
+/// parse at all (no type, unknown type, no room for the tail) get no
+/// status: they are returned unwritten, with used length 0.
 pub mod status {
     /// Success.
     pub const OK: u8 = 0;
-    /// The host backend failed to apply the request.
+    /// Virtio communication error (not used by iovmm).
     pub const IOERR: u8 = 1;
-    /// Unknown request type.
+    /// Unsupported request.
     pub const UNSUPP: u8 = 2;
-    /// The request could not be decoded (truncated).
+    /// Internal device error: the host IOMMU backend failed to apply the
+    /// request, or the domain is fenced after such a failure.
     pub const DEVERR: u8 = 3;
-    /// Invalid parameter (flags, domain state, overlapping mapping).
+    /// Invalid parameter (flags, non-zero reserved fields, truncated
+    /// body, domain state, overlapping mapping, reserved region).
     pub const INVAL: u8 = 4;
     /// Out-of-range parameter (domain ID, IOVA range, split mapping).
     pub const RANGE: u8 = 5;
@@ -75,7 +79,7 @@ pub const FAULT_F_READ: u32 = 1;
 /// Fault flag: write access.
 pub const FAULT_F_WRITE: u32 = 2;
 /// Fault flag: the address field is valid.
-pub const FAULT_F_ADDRESS: u32 = 8;
+pub const FAULT_F_ADDRESS: u32 = 1 << 8;
 
 /// Size of the request head (type + reserved).
 pub const HEAD_LEN: usize = 4;
@@ -96,6 +100,20 @@ pub fn body_len(ty: u8) -> Option<usize> {
         req::PROBE => Some(PROBE_BODY_LEN),
         _ => None,
     }
+}
+
+/// False when a reserved field the device must check is not zero: the
+/// ATTACH `reserved[4]` (MUST reject with INVAL) and the UNMAP
+/// `reserved[4]` (MAY reject; iovmm does, without unmapping). DETACH and
+/// PROBE reserved fields and the head's are ignored, as the spec says.
+/// `body` as for [`Request::decode`].
+pub fn reserved_is_zero(ty: u8, body: &[u8]) -> bool {
+    let at = match ty {
+        req::ATTACH => 12,
+        req::UNMAP => 20,
+        _ => return true,
+    };
+    body.get(at..at + 4).is_some_and(|r| r == [0; 4])
 }
 
 /// A decoded request.
@@ -280,6 +298,21 @@ mod tests {
     }
 
     #[test]
+    fn reserved_fields_that_must_be_zero() {
+        let mut attach = [0u8; 16];
+        assert!(reserved_is_zero(req::ATTACH, &attach));
+        attach[15] = 1;
+        assert!(!reserved_is_zero(req::ATTACH, &attach));
+        let mut unmap = [0u8; 24];
+        unmap[20] = 0x80;
+        assert!(!reserved_is_zero(req::UNMAP, &unmap));
+        let detach = [0xffu8; 16];
+        assert!(reserved_is_zero(req::DETACH, &detach), "ignored");
+        assert!(reserved_is_zero(req::PROBE, &[0xff; 68]), "ignored");
+        assert!(!reserved_is_zero(req::ATTACH, &[0; 12]), "short");
+    }
+
+    #[test]
     fn event_and_property_encodings() {
         let f = encode_fault(
             FAULT_R_MAPPING,
@@ -288,7 +321,7 @@ mod tests {
             0xdead_0000,
         );
         assert_eq!(f[0], 2);
-        assert_eq!(u32::from_le_bytes([f[4], f[5], f[6], f[7]]), 10);
+        assert_eq!(u32::from_le_bytes([f[4], f[5], f[6], f[7]]), 0x102);
         assert_eq!(u32::from_le_bytes([f[8], f[9], f[10], f[11]]), 8);
         assert_eq!(le64(&f, 16), 0xdead_0000);
         let p = encode_resv_mem(RESV_MEM_T_MSI, 0xfee0_0000, 0xfeef_ffff);

@@ -22,7 +22,7 @@
 //! # When the host fails
 //!
 //! A failed host call must never look like success: the guest is told
-//! (IOERR) and the device must not keep reaching what the guest believes
+//! (DEVERR) and the device must not keep reaching what the guest believes
 //! protected. The policy:
 //!
 //! - a range whose host **unmap** fails leaves the tables at once (the
@@ -37,7 +37,7 @@
 //!   concerned is **fenced** until it is destroyed or the device reset:
 //!   its endpoints' translation faults (FaultReason::Domain), its other
 //!   host mappings are torn down (failures become residue), MAP and
-//!   ATTACH to it answer IOERR, UNMAP and DETACH still work (UNMAP
+//!   ATTACH to it answer DEVERR, UNMAP and DETACH still work (UNMAP
 //!   retries the residue in its range and answers OK only once none is
 //!   left there). This covers a failed UNMAP, a DETACH/domain destruction
 //!   whose unmaps fail, a failed MAP whose rollback fails, an ATTACH whose
@@ -381,7 +381,7 @@ impl Tables {
                 return Outcome::status(status::INVAL);
             }
             if d.fenced {
-                return Outcome::status(status::IOERR);
+                return Outcome::status(status::DEVERR);
             }
         }
         let mut freed = 0;
@@ -453,7 +453,7 @@ impl Tables {
             // A fenced bypass domain wants no identity map.
             self.sync_identity();
             return Outcome {
-                status: status::IOERR,
+                status: status::DEVERR,
                 bytes: freed,
             };
         }
@@ -464,21 +464,19 @@ impl Tables {
     }
 
     /// DETACH. The endpoint leaves the domain even when the host fails to
-    /// unmap (answered IOERR; the failures are residue).
+    /// unmap (answered DEVERR; the failures are residue).
     pub fn detach(&mut self, domain: u32, endpoint: u32) -> Outcome {
         let Some(ep) = self.endpoints.get(&endpoint) else {
             return Outcome::status(status::NOENT);
         };
-        if !self.domains.contains_key(&domain) {
-            return Outcome::status(status::NOENT);
-        }
-        if ep.domain != Some(domain) {
+        // An unknown domain, or not this endpoint's: INVAL (5.13.6.4).
+        if !self.domains.contains_key(&domain) || ep.domain != Some(domain) {
             return Outcome::status(status::INVAL);
         }
         let (freed, ok) = self.remove_from_domain(endpoint, domain);
         let ok = self.sync_identity() && ok;
         Outcome {
-            status: if ok { status::OK } else { status::IOERR },
+            status: if ok { status::OK } else { status::DEVERR },
             bytes: freed,
         }
     }
@@ -511,6 +509,12 @@ impl Tables {
         if !aligned || phys.checked_add(len - 1).is_none() {
             return Outcome::status(status::RANGE);
         }
+        // The MSI window is a reserved region (PROBE RESV_MEM): 5.13.6.8
+        // says the device SHOULD reject a MAP over it; INVAL.
+        let (lo, hi) = self.limits.msi_window();
+        if virt_start <= hi && lo <= virt_end {
+            return Outcome::status(status::INVAL);
+        }
         let overlaps = dom
             .mappings
             .range(..=virt_end)
@@ -520,7 +524,7 @@ impl Tables {
             return Outcome::status(status::INVAL);
         }
         if dom.fenced {
-            return Outcome::status(status::IOERR);
+            return Outcome::status(status::DEVERR);
         }
         if dom.mappings.len() >= self.limits.max_mappings() {
             return Outcome::status(status::NOMEM);
@@ -531,7 +535,7 @@ impl Tables {
                     if residue {
                         self.fence(domain);
                     }
-                    return Outcome::status(status::IOERR);
+                    return Outcome::status(status::DEVERR);
                 }
             }
         }
@@ -555,7 +559,7 @@ impl Tables {
 
     /// UNMAP `[virt_start, virt_end]`: removes every mapping inside the
     /// range; a mapping that would be split makes the request fail with
-    /// RANGE and nothing is removed. A failed host unmap answers IOERR:
+    /// RANGE and nothing is removed. A failed host unmap answers DEVERR:
     /// the mappings still leave the tables, the host ranges stay residue
     /// and the domain is fenced; an UNMAP in a fenced domain retries the
     /// residue in its range.
@@ -607,7 +611,7 @@ impl Tables {
             ok = self.retry_residue(virt_start, virt_end);
         }
         Outcome {
-            status: if ok { status::OK } else { status::IOERR },
+            status: if ok { status::OK } else { status::DEVERR },
             bytes: freed,
         }
     }

@@ -357,9 +357,11 @@ impl Tables {
         ok
     }
 
-    /// Mirrors one mapping into the backend, leaving out the MSI window.
-    /// On failure, it is rolled back; what the rollback cannot remove
-    /// becomes residue (`Err(true)`), else `Err(false)`.
+    /// Mirrors one mapping into the backend (never over the MSI window:
+    /// MAP refuses that). On failure nothing of it may stay mapped: after
+    /// a host error (a backend may have mapped part of it) the range is
+    /// unmapped again; what that cannot remove becomes residue
+    /// (`Err(true)`), else `Err(false)`.
     pub(super) fn backend_map(
         &mut self,
         b: &dyn HostIommu,
@@ -368,20 +370,15 @@ impl Tables {
         phys: u64,
         flags: u32,
     ) -> Result<(), bool> {
-        let mut done: Vec<(u64, u64)> = Vec::new();
-        for (s, l) in outside(virt_start, virt_end, self.limits.msi_window()) {
-            if let Err(e) = b.map(s, phys + (s - virt_start), l - s + 1, perm(flags)) {
-                let e: BackendError = e;
-                tracing::warn!("host IOMMU map of {s:#x}..={l:#x} failed: {e}");
-                self.errors.map.fetch_add(1, Ordering::Relaxed);
-                let mut residue = false;
-                for (s, l) in done {
-                    residue |= !self.host_unmap(s, l, "map rollback");
-                }
-                return Err(residue);
-            }
-            done.push((s, l));
+        let Err(e) = b.map(virt_start, phys, virt_end - virt_start + 1, perm(flags)) else {
+            return Ok(());
+        };
+        tracing::warn!("host IOMMU map of {virt_start:#x}..={virt_end:#x} failed: {e}");
+        self.errors.map.fetch_add(1, Ordering::Relaxed);
+        if matches!(e, BackendError::Exists(..)) {
+            // Refused before mapping anything.
+            return Err(false);
         }
-        Ok(())
+        Err(!self.host_unmap(virt_start, virt_end, "map cleanup"))
     }
 }
