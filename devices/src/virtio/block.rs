@@ -361,7 +361,8 @@ impl VirtioDevice for VirtioBlock {
 
     fn avail_features(&self) -> u64 {
         let ro = if self.readonly { F_RO } else { 0 };
-        features::VERSION_1 | F_SEG_MAX | F_BLK_SIZE | F_FLUSH | ro
+        // Indirect tables: followed by virtio-queue (see block_tests).
+        features::VERSION_1 | features::INDIRECT_DESC | F_SEG_MAX | F_BLK_SIZE | F_FLUSH | ro
     }
 
     fn set_acked_features(&mut self, features: u64) {

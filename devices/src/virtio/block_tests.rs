@@ -215,3 +215,68 @@ fn config_and_features() {
         .to_string()
         .contains("/nonexistent/img"));
 }
+
+/// A raw descriptor: address, length, flags, next.
+type Desc = (u64, u32, u16, u16);
+const F_NEXT: u16 = 1;
+const F_WRITE: u16 = 2;
+const F_INDIRECT: u16 = 4;
+
+/// Writes an indirect descriptor table at `at`.
+fn table(tq: &TestQueue, at: u64, descs: &[Desc]) {
+    for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
+        let base = at + 16 * i as u64;
+        tq.ram.write_obj(addr, GuestAddress(base)).unwrap();
+        tq.ram.write_obj(len, GuestAddress(base + 8)).unwrap();
+        tq.ram.write_obj(flags, GuestAddress(base + 12)).unwrap();
+        tq.ram.write_obj(next, GuestAddress(base + 14)).unwrap();
+    }
+}
+
+#[test]
+fn indirect_tables_are_followed_and_malformed_ones_refused() {
+    let img = image(4096);
+    let d = VirtioBlock::new(img.path(), false, "x").unwrap();
+    assert_ne!(d.avail_features() & features::INDIRECT_DESC, 0);
+    let mut r = rig(false);
+    header(&r.tq, 0x10000, req::IN, 2);
+    let hdr = (0x10000, 16, F_NEXT, 1);
+    let data = (0x20000, 512, F_WRITE | F_NEXT, 2);
+    let st = (0x30000, 1, F_WRITE, 0);
+    table(&r.tq, 0x40000, &[hdr, data, st]);
+    r.tq.write_desc(0, 0x40000, 48, F_INDIRECT, 0);
+    r.tq.publish(0);
+    assert!(r.w.process());
+    assert_eq!(r.tq.used(0), (0, 513));
+    assert_eq!(status_at(&r.tq, 0x30000), status::OK);
+    let mut got = [0u8; 512];
+    r.tq.ram
+        .read_slice(&mut got, GuestAddress(0x20000))
+        .unwrap();
+    let mut want = [0u8; 512];
+    r.w.disk.file.read_exact_at(&mut want, 1024).unwrap();
+    assert_eq!(got, want);
+    // Malformed tables: every chain is returned, none answered.
+    let cases: [(u64, u32, &[Desc]); 5] = [
+        (
+            0x41000,
+            32,
+            &[(0x10000, 16, F_NEXT, 1), (0x20000, 512, F_NEXT, 0)],
+        ),
+        (0x41100, 32, &[(0x40000, 48, F_INDIRECT, 0), st]),
+        (0x41200, 0x10_0000, &[]),
+        (0x41300, 40, &[hdr, data, st]),
+        (0xfff_0000, 48, &[]),
+    ];
+    for (i, (at, len, descs)) in cases.iter().enumerate() {
+        table(&r.tq, *at, descs);
+        r.tq.write_desc(1 + i as u16, *at, *len, F_INDIRECT, 0);
+        r.tq.publish(1 + i as u16);
+    }
+    r.w.process();
+    assert_eq!(r.tq.used_idx(), 6);
+    for i in 1..6 {
+        assert_eq!(r.tq.used(i), (i, 0), "case {i}");
+    }
+    assert_eq!(r.w.stats.malformed.load(Ordering::Relaxed), 5);
+}

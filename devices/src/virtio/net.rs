@@ -273,6 +273,10 @@ pub struct VirtioNet {
     stats: Arc<NetStats>,
 }
 
+/// What the device offers. Indirect descriptor tables are followed by
+/// virtio-queue (malformed ones end the chain; see net_tests).
+const AVAIL_FEATURES: u64 = features::VERSION_1 | features::INDIRECT_DESC | F_MAC | F_STATUS;
+
 impl VirtioNet {
     /// Opens tap `name` and creates the device with `mac`.
     pub fn with_tap(name: &str, mac: [u8; 6]) -> io::Result<Self> {
@@ -306,7 +310,7 @@ impl VirtioDevice for VirtioNet {
     }
 
     fn avail_features(&self) -> u64 {
-        features::VERSION_1 | F_MAC | F_STATUS
+        AVAIL_FEATURES
     }
 
     fn set_acked_features(&mut self, features: u64) {
