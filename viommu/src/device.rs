@@ -294,7 +294,7 @@ fn execute<M: Bytes<GuestAddress>>(
         state.sync_host_ordered();
         t = state.tables();
     }
-    let o = match req {
+    let mut o = match req {
         Request::Attach {
             domain,
             endpoint,
@@ -332,6 +332,18 @@ fn execute<M: Bytes<GuestAddress>>(
             return (status::OK, 0);
         }
     };
+    // An identity map the request made necessary (a hardware endpoint
+    // now bypasses) was deferred: done here with the tables unlocked, and
+    // the answer says whether it succeeded.
+    if t.host_pending() {
+        drop(t);
+        state.sync_host_ordered();
+        t = state.tables();
+        let changes_bypass = matches!(req, Request::Attach { .. } | Request::Detach { .. });
+        if changes_bypass && o.status == status::OK && !t.identity_settled() {
+            o.status = status::DEVERR;
+        }
+    }
     (o.status, o.bytes)
 }
 

@@ -29,9 +29,13 @@
 //! - A plan made before a vCPU changed the wanted state again is redone
 //!   (a generation check), at most a few rounds per wake-up.
 //!
-//! Request-triggered identity changes (ATTACH to or DETACH from a bypass
-//! domain by a hardware endpoint) still run inline on the worker thread
-//! under the tables lock, since the answer must wait for them anyway.
+//! A request that makes a hardware endpoint bypass (ATTACH to a bypass
+//! domain, DETACH with the byte set) defers its identity map the same way:
+//! the worker, still holding the host-order lock, does it with the tables
+//! unlocked before it answers, and answers DEVERR (fencing the bypass
+//! domain) when it failed. Identity *unmaps* a request needs (leaving
+//! bypass) stay inline under the lock: they must be complete before the
+//! domain's mappings are replayed and before the answer, and do not pin.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 

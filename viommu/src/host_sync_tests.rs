@@ -20,6 +20,7 @@ struct Recording {
     sim: SimulatedBackend,
     threads: Mutex<Vec<String>>,
     gate: Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>,
+    fail_maps: std::sync::atomic::AtomicBool,
 }
 
 impl Recording {
@@ -39,6 +40,9 @@ impl HostIommu for Recording {
         if let Some((entered, release)) = &*self.gate.lock().unwrap() {
             entered.send(()).unwrap();
             release.recv_timeout(Duration::from_secs(30)).unwrap();
+        }
+        if self.fail_maps.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(BackendError::Host("refused".into()));
         }
         self.sim.map(iova, gpa, len, perm)
     }
@@ -139,4 +143,65 @@ fn reset_defers_its_host_unmaps_to_the_host_thread() {
     assert_eq!(b.sim.dma(0x10000, 4, Permissions::Read), Some(0x10000));
     assert_eq!(s.tables.read().unwrap().residue_bytes(), 0);
     assert_eq!(s.tables.read().unwrap().identity_bytes(), 4 << 30);
+}
+
+fn attach_req(domain: u32, ep: u32, flags: u32) -> Vec<u8> {
+    let mut req = vec![p::req::ATTACH, 0, 0, 0];
+    req.extend(domain.to_le_bytes());
+    req.extend(ep.to_le_bytes());
+    req.extend(flags.to_le_bytes());
+    req.extend([0u8; 4]);
+    req
+}
+
+/// Sends one request through a worker on its own thread; returns the
+/// status once answered.
+fn answer_on_worker(s: &Arc<IommuState>, req: Vec<u8>) -> std::thread::JoinHandle<u8> {
+    let s = s.clone();
+    std::thread::spawn(move || {
+        let mut tq = TestQueue::new(16);
+        let mut w =
+            IommuWorker::for_test(s, tq.memory(), tq.queue(), Arc::new(NoInterrupt)).unwrap();
+        tq.ram.write_slice(&req, GuestAddress(0x10000)).unwrap();
+        tq.add_chain(&[(0x10000, req.len() as u32, false), (0x20000, 4, true)]);
+        w.run_requests();
+        assert_eq!(tq.used_idx(), 1);
+        tq.ram.read_obj(GuestAddress(0x20000)).unwrap()
+    })
+}
+
+#[test]
+fn a_bypass_attach_maps_guest_ram_with_the_tables_unlocked_then_answers() {
+    let b = Arc::new(Recording::default());
+    let (s, _d) = device(&b, false);
+    let (entered_tx, entered) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel();
+    *b.gate.lock().unwrap() = Some((entered_tx, release_rx));
+    let worker = answer_on_worker(&s, attach_req(1, 8, p::ATTACH_F_BYPASS));
+    entered.recv_timeout(Duration::from_secs(30)).unwrap();
+    // The worker is inside the host map: the tables are not locked, so
+    // emulated devices translate and a vCPU config write does not wait.
+    assert!(s.tables.try_write().is_ok());
+    assert!(!worker.is_finished(), "not answered before the host map");
+    release.send(()).unwrap();
+    release.send(()).unwrap();
+    assert_eq!(worker.join().unwrap(), p::status::OK);
+    *b.gate.lock().unwrap() = None;
+    assert_eq!(s.tables.read().unwrap().identity_bytes(), 4 << 30);
+    assert!(b.sim.dma(0x1234_0000, 8, Permissions::Write).is_some());
+}
+
+#[test]
+fn a_bypass_attach_whose_identity_map_fails_is_not_answered_ok() {
+    let b = Arc::new(Recording::default());
+    let (s, _d) = device(&b, false);
+    b.fail_maps.store(true, std::sync::atomic::Ordering::SeqCst);
+    let st = answer_on_worker(&s, attach_req(1, 8, p::ATTACH_F_BYPASS))
+        .join()
+        .unwrap();
+    assert_eq!(st, p::status::DEVERR);
+    assert!(s.tables.read().unwrap().is_fenced(1));
+    assert!(b.sim.is_empty());
+    assert_eq!(s.stats.to_json()["host_errors"]["map"], 1);
+    assert_eq!(s.stats.to_json()["host_errors"]["fenced_domains"], 1);
 }

@@ -58,8 +58,10 @@
 //! host work pending, which [`Tables::take_host_work`] /
 //! [`HostWork::run`] / [`Tables::finish_host_work`] do later with the
 //! tables unlocked; [`crate::host_sync`] says where and why that stays
-//! correct. Every other host call happens while a request is handled, on
-//! the device worker.
+//! correct. The identity map a request needs is deferred the same way
+//! (the device runs it unlocked before answering, then asks
+//! [`Tables::identity_settled`]). Every other host call happens while a
+//! request is handled, on the device worker.
 //!
 //! The MSI window ([`Limits::msi_window`]) is never mapped in the backend:
 //! host interrupt remapping owns it. Every hardware endpoint shares the one
@@ -221,10 +223,13 @@ impl Tables {
     /// bypasses translation, the backend holds an identity map of them
     /// (granule aligned, minus the MSI window). Without it, bypassing
     /// hardware endpoints reach nothing.
+    ///
+    /// Setup time only: the host calls run here and now.
     pub fn set_guest_ram(&mut self, ranges: Vec<(u64, u64)>) {
         self.unmap_identity();
         self.guest_ram = ranges;
         self.sync_identity();
+        self.sync_host();
     }
 
     /// The config `bypass` byte.
@@ -259,7 +264,9 @@ impl Tables {
                 hardware,
             },
         );
+        // Setup time only: the host calls run here and now.
         self.sync_identity();
+        self.sync_host();
     }
 
     /// Bytes currently mapped over all domains.

@@ -317,9 +317,9 @@ impl Tables {
     /// failed (a failed map is rolled back, a failed unmap left as
     /// residue).
     pub(super) fn sync_identity(&mut self) -> bool {
-        let Some(b) = self.backend.clone() else {
+        if self.backend.is_none() {
             return true;
-        };
+        }
         let want = self.hardware_bypasses();
         let mapped = !self.identity.is_empty();
         if want == mapped || (want && self.guest_ram.is_empty()) {
@@ -328,23 +328,37 @@ impl Tables {
         if !want {
             return self.unmap_identity();
         }
-        let started = std::time::Instant::now();
-        for (s, l) in self.identity_ranges() {
-            // Page-aligned, outside the MSI window: mapped in one piece.
-            if let Err(e) = b.map(s, s, l - s + 1, Permissions::ReadWrite) {
-                tracing::error!("host IOMMU identity map of {s:#x}..={l:#x} failed: {e}");
-                self.errors.map.fetch_add(1, Ordering::Relaxed);
-                self.unmap_identity();
-                return false;
-            }
-            self.identity.push((s, l));
-        }
-        tracing::info!(
-            bytes = self.identity_bytes(),
-            ms = started.elapsed().as_millis() as u64,
-            "host IOMMU: guest RAM identity-mapped for a bypassing hardware endpoint"
-        );
+        // Mapping guest RAM pins it (seconds for a large VM): deferred, so
+        // it runs with the tables unlocked; the device does it before it
+        // answers the request and then asks `identity_settled`.
+        self.defer_host();
         true
+    }
+
+    /// After the deferred host work of a request: false when a hardware
+    /// endpoint should bypass but its identity map could not be made; its
+    /// bypass domain (if any) is then fenced, so nothing retries it
+    /// behind the guest's back.
+    pub fn identity_settled(&mut self) -> bool {
+        if self.backend.is_none()
+            || self.guest_ram.is_empty()
+            || !self.identity.is_empty()
+            || !self.hardware_bypasses()
+        {
+            return true;
+        }
+        let doms: Vec<u32> = self
+            .endpoints
+            .values()
+            .filter(|e| e.hardware)
+            .filter_map(|e| e.domain)
+            .collect();
+        for d in doms {
+            if self.domains.get(&d).is_some_and(|d| d.bypass) {
+                self.fence(d);
+            }
+        }
+        false
     }
 
     /// Removes the identity map; failures become residue. Returns whether

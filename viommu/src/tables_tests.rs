@@ -206,6 +206,29 @@ fn hw_tables(b: &Arc<SimulatedBackend>) -> Tables {
     t
 }
 
+/// Runs a request's deferred host work and its check, as the device
+/// does before answering (`device::execute`).
+pub(super) fn settle(t: &mut Tables, st: u8) -> u8 {
+    t.sync_host();
+    if !t.identity_settled() && st == status::OK {
+        status::DEVERR
+    } else {
+        st
+    }
+}
+
+/// ATTACH as the device answers it.
+pub(super) fn attach_now(t: &mut Tables, d: u32, e: u32, f: u32) -> u8 {
+    let st = t.attach(d, e, f).status;
+    settle(t, st)
+}
+
+/// DETACH as the device answers it.
+pub(super) fn detach_now(t: &mut Tables, d: u32, e: u32) -> u8 {
+    let st = t.detach(d, e).status;
+    settle(t, st)
+}
+
 fn map_calls(b: &SimulatedBackend) -> u64 {
     b.map_calls.load(std::sync::atomic::Ordering::Relaxed)
 }
@@ -219,7 +242,11 @@ fn bypass_attach_of_a_hardware_endpoint_maps_guest_ram_identity_once() {
     t.add_endpoint(16, None, false);
     assert!(b.is_empty(), "unattached without global bypass: no DMA");
     let bypass = protocol::ATTACH_F_BYPASS;
+    let calls = b.map_calls.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(t.attach(1, 8, bypass).status, status::OK);
+    assert_eq!(map_calls(&b), calls, "deferred: not under the lock");
+    assert!(t.host_pending());
+    assert_eq!(settle(&mut t, status::OK), status::OK);
     assert_eq!(
         b.dma(0x1234_5000, 64, Permissions::Write),
         Some(0x1234_5000)
@@ -264,7 +291,10 @@ fn global_bypass_and_domain_moves_keep_the_host_in_step() {
     assert_eq!(b.dma(0x5000, 8, Permissions::Write), None);
     // Into a bypass domain: domain 2 dies, identity comes back.
     let calls = map_calls(&b);
-    assert_eq!(t.attach(3, 8, protocol::ATTACH_F_BYPASS).status, status::OK);
+    assert_eq!(
+        attach_now(&mut t, 3, 8, protocol::ATTACH_F_BYPASS),
+        status::OK
+    );
     assert_eq!(b.dma(0x10000, 8, Permissions::Write), Some(0x10000));
     assert_eq!(map_calls(&b), calls + 2);
     // Detached with global bypass on: still identity, not remapped.
