@@ -4,6 +4,7 @@
 use super::tests::{attach_now, detach_now};
 use super::*;
 use crate::backend::{CallKind, FailingBackend};
+use proptest::prelude::Strategy;
 
 const RW: u32 = protocol::MAP_F_READ | protocol::MAP_F_WRITE;
 const RAM: [(u64, u64); 2] = [(0, 0xc000_0000), (0x1_0000_0000, 0x4000_0000)];
@@ -245,4 +246,107 @@ fn a_failed_map_whose_cleanup_fails_fences_the_domain() {
     assert_eq!(b.calls(CallKind::Unmap), 1, "the cleanup unmap");
     assert_eq!(t.map(1, 0x1000, 0x1fff, 0, RW).status, status::OK);
     assert_eq!(errors(&t)["map"], 1);
+}
+
+/// Random requests against a hardware endpoint (8) and an emulated one
+/// (16) while the host fails random calls.
+#[derive(Debug, Clone)]
+enum Op {
+    Attach(u32, u32),
+    Detach(u32, u32),
+    Map(u32, u64, u64, u64),
+    Unmap(u32, u64, u64),
+    Fail(bool, u64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    use proptest::prelude::*;
+    let ep = prop_oneof![Just(8u32), Just(16u32)];
+    let dom = 0u32..3;
+    let page = 0u64..24;
+    prop_oneof![
+        (dom.clone(), ep.clone()).prop_map(|(d, e)| Op::Attach(d, e)),
+        (dom.clone(), ep).prop_map(|(d, e)| Op::Detach(d, e)),
+        (dom.clone(), page.clone(), 1u64..4, 0u64..64).prop_map(|(d, p, n, g)| Op::Map(
+            d,
+            p * 0x1000,
+            (p + n) * 0x1000 - 1,
+            g * 0x1000
+        )),
+        (dom, page, 1u64..8).prop_map(|(d, p, n)| Op::Unmap(d, p * 0x1000, (p + n) * 0x1000 - 1)),
+        (any::<bool>(), 1u64..3).prop_map(|(m, n)| Op::Fail(m, n)),
+    ]
+}
+
+/// What the host may map at `iova`: a mapping of a live (unfenced)
+/// domain of the hardware endpoint, or accounted residue.
+fn host_may_map(t: &Tables, iova: u64) -> Option<Option<u64>> {
+    if t.residue
+        .range(..=iova)
+        .next_back()
+        .is_some_and(|(_, &l)| l >= iova)
+    {
+        return Some(None); // anything: accounted as still mapped
+    }
+    let d = t.endpoints.get(&8)?.domain?;
+    let dom = t.domains.get(&d)?;
+    if dom.fenced {
+        return None;
+    }
+    let (&s, m) = dom.mappings.range(..=iova).next_back()?;
+    (iova <= m.end).then_some(Some(m.phys + (iova - s)))
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+    #[test]
+    fn the_host_never_maps_what_the_tables_do_not_account_for(
+        ops in proptest::collection::vec(op(), 1..60)
+    ) {
+        let (b, mut t) = strict();
+        for o in ops {
+            let st = match o {
+                Op::Attach(d, e) => t.attach(d, e, 0).status,
+                Op::Detach(d, e) => t.detach(d, e).status,
+                Op::Map(d, s, e, p) => t.map(d, s, e, p, RW).status,
+                Op::Unmap(d, s, e) => t.unmap(d, s, e).status,
+                Op::Fail(map, n) => {
+                    let kind = if map { CallKind::Map } else { CallKind::Unmap };
+                    b.fail_nth(kind, n);
+                    status::OK
+                }
+            };
+            proptest::prop_assert!(st <= status::NOMEM);
+            for page in 0..32u64 {
+                let iova = page * 0x1000;
+                let host = b
+                    .sim
+                    .dma(iova, 1, Permissions::Read)
+                    .or_else(|| b.sim.dma(iova, 1, Permissions::Write));
+                let allowed = host_may_map(&t, iova);
+                match (host, allowed) {
+                    (None, _) | (Some(_), Some(None)) => {}
+                    (Some(g), Some(Some(want))) => proptest::prop_assert_eq!(g, want),
+                    (Some(g), None) => proptest::prop_assert!(
+                        false,
+                        "host maps {:#x} -> {:#x}, unaccounted", iova, g
+                    ),
+                }
+                // A live hardware domain's mapping is in the host.
+                if let Some(Some(want)) = allowed {
+                    proptest::prop_assert_eq!(host, Some(want), "iova {:#x}", iova);
+                }
+                // The emulated endpoint never translates through a fence.
+                if let Some(d) = t.endpoints[&16].domain {
+                    if t.domains[&d].fenced {
+                        proptest::prop_assert!(t.translate(16, iova).is_err());
+                    }
+                }
+            }
+            proptest::prop_assert_eq!(
+                t.host_errors().to_json()["residue_bytes"].as_u64(),
+                Some(t.residue_bytes())
+            );
+        }
+    }
 }
