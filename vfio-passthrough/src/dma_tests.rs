@@ -251,3 +251,31 @@ fn a_failed_vfio_unmap_keeps_the_mapping_accounted_and_the_guest_gets_ioerr() {
     assert!(m.live.lock().unwrap().is_empty());
     assert_eq!((b.mapped_bytes(), t.residue_bytes()), (0, 0));
 }
+
+#[test]
+fn a_half_done_vfio_map_whose_rollback_fails_is_residue_in_a_fenced_domain() {
+    use viommu::protocol::status;
+    use viommu::tables::{Limits, Tables};
+    let (m, b) = backend();
+    let b = Arc::new(b);
+    let mut t = Tables::new(Limits::default(), Some(b.clone()));
+    t.set_bypass(false);
+    t.add_endpoint(8, None, true);
+    assert_eq!(t.attach(1, 8, 0).status, status::OK);
+    // Guest-physical 0xf000..0x11000 spans two RAM regions: two ioctls;
+    // the second fails, and so does every unmap (rollback, cleanup).
+    *m.fail_map_at.lock().unwrap() = Some(0x4000_1000);
+    m.fail_unmaps.store(true, Ordering::SeqCst);
+    let st = t.map(1, 0x4000_0000, 0x4000_1fff, 0xf000, 3).status;
+    assert_eq!(st, status::DEVERR);
+    assert_eq!(m.live.lock().unwrap().len(), 1, "the first half stays");
+    assert_eq!(b.mapped_bytes(), 0x1000);
+    assert!(t.is_fenced(1));
+    assert_eq!(t.residue_bytes(), 0x2000);
+    assert_eq!(t.mapped_bytes(), 0);
+    // The host recovers; the guest's UNMAP of the range cleans it.
+    m.fail_unmaps.store(false, Ordering::SeqCst);
+    assert_eq!(t.unmap(1, 0x4000_0000, 0x4000_1fff).status, status::OK);
+    assert!(m.live.lock().unwrap().is_empty());
+    assert_eq!((b.mapped_bytes(), t.residue_bytes()), (0, 0));
+}
