@@ -29,6 +29,10 @@
 //! - A plan made before a vCPU changed the wanted state again is redone
 //!   (a generation check), at most a few rounds per wake-up.
 //!
+//! What a vCPU may still wait for: a device reset stops the worker first,
+//! and a worker waiting for the host-order lock finishes its request once
+//! the thread's current round is done; the vCPU never makes the host call.
+//!
 //! A request that makes a hardware endpoint bypass (ATTACH to a bypass
 //! domain, DETACH with the byte set) defers its identity map the same way:
 //! the worker, still holding the host-order lock, does it with the tables
