@@ -32,6 +32,7 @@ impl MutEventSubscriber for KillSwitch {
 pub struct Worker {
     kill: EventFd,
     handle: Option<JoinHandle<()>>,
+    tid: i32,
 }
 
 impl Worker {
@@ -50,21 +51,34 @@ impl Worker {
             stop: stop.clone(),
         }));
         em.add_subscriber(Box::new(subscriber));
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
         let handle = std::thread::Builder::new()
             .name(name.to_string())
-            .spawn(move || loop {
-                if let Err(e) = em.run() {
-                    tracing::error!("worker: event loop failed: {e:?}");
-                    return;
-                }
-                if *stop.lock().unwrap_or_else(|e| e.into_inner()) {
-                    return;
+            .spawn(move || {
+                // SAFETY: gettid has no preconditions and cannot fail.
+                let _ = tid_tx.send(unsafe { libc::gettid() });
+                loop {
+                    if let Err(e) = em.run() {
+                        tracing::error!("worker: event loop failed: {e:?}");
+                        return;
+                    }
+                    if *stop.lock().unwrap_or_else(|e| e.into_inner()) {
+                        return;
+                    }
                 }
             })?;
+        let tid = tid_rx.recv().unwrap_or(0);
         Ok(Worker {
             kill,
             handle: Some(handle),
+            tid,
         })
+    }
+
+    /// The kernel thread id of the worker thread (for diagnostics and
+    /// tests that look at the thread in `/proc`).
+    pub fn tid(&self) -> i32 {
+        self.tid
     }
 
     /// Stops the thread and waits for it. Idempotent.
