@@ -221,9 +221,11 @@ fn config_and_features() {
 
 #[test]
 fn a_broken_ring_idles_the_worker_and_a_reset_brings_the_disk_back() {
-    use crate::virtio::testing::{assert_idle, is_pending, wait_for, RecordingInterrupt};
+    use crate::virtio::testing::{
+        assert_idle, is_pending, wait_for, LeakOnPanic, RecordingInterrupt,
+    };
     let img = image(64 * 1024);
-    let mut dev = VirtioBlock::new(img.path(), false, "x").unwrap();
+    let mut dev = LeakOnPanic::new(VirtioBlock::new(img.path(), false, "x").unwrap());
     let irq = Arc::new(RecordingInterrupt::default());
     let mut tq = TestQueue::new(16);
     let activate = |dev: &mut VirtioBlock, tq: &TestQueue| {

@@ -275,12 +275,12 @@ fn activate(
 
 #[test]
 fn a_broken_tx_ring_idles_the_worker_and_a_reset_brings_the_device_back() {
-    use crate::virtio::testing::{assert_idle, is_pending, wait_for};
+    use crate::virtio::testing::{assert_idle, is_pending, wait_for, LeakOnPanic};
     let port = FakePort {
         evt: Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
         sent: Default::default(),
     };
-    let mut dev = VirtioNet::on_port(port.clone(), [0x52, 0x54, 0, 0, 0, 1]);
+    let mut dev = LeakOnPanic::new(VirtioNet::on_port(port.clone(), [0x52, 0x54, 0, 0, 0, 1]));
     let irq = Arc::new(RecordingInterrupt::default());
     let mut tq = TestQueue::new(16);
     let (needs_reset, _rx_evt, tx_evt) = activate(&mut dev, &tq, &irq);

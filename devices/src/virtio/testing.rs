@@ -89,9 +89,50 @@ pub fn thread_state(tid: i32) -> (char, u64) {
 /// (blocked in its event loop, which a spinning thread never is) and used
 /// less than `max_ticks` clock ticks of CPU in total.
 pub fn assert_idle(tid: i32, max_ticks: u64) {
-    wait_for("the worker thread blocks", || thread_state(tid).0 == 'S');
-    let ticks = thread_state(tid).1;
+    let ticks = wait_sleeping(tid);
     assert!(ticks < max_ticks, "worker used {ticks} ticks of CPU");
+}
+
+/// Waits until thread `tid` sleeps (a spinning thread never does);
+/// returns the CPU clock ticks it used so far.
+pub fn wait_sleeping(tid: i32) -> u64 {
+    wait_for("the worker thread blocks", || thread_state(tid).0 == 'S');
+    thread_state(tid).1
+}
+
+/// Owns a device whose worker may spin in a failing test: on a panic it
+/// is leaked instead of dropped (dropping joins the worker thread, which
+/// would hang the test instead of failing it).
+pub struct LeakOnPanic<T>(std::mem::ManuallyDrop<T>);
+
+impl<T> LeakOnPanic<T> {
+    /// Wraps `inner`.
+    pub fn new(inner: T) -> Self {
+        LeakOnPanic(std::mem::ManuallyDrop::new(inner))
+    }
+}
+
+impl<T> std::ops::Deref for LeakOnPanic<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> std::ops::DerefMut for LeakOnPanic<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.0
+    }
+}
+
+impl<T> Drop for LeakOnPanic<T> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            // SAFETY: the inner value is dropped exactly once, here, and
+            // never used afterwards.
+            unsafe { std::mem::ManuallyDrop::drop(&mut self.0) };
+        }
+    }
 }
 
 const F_NEXT: u16 = 1;
