@@ -11,6 +11,7 @@ pub mod builder;
 pub mod cli;
 pub mod config;
 pub mod device_manager;
+pub mod host_test;
 pub mod layout;
 pub mod memory;
 pub mod stats;
