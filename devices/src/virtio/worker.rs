@@ -145,14 +145,19 @@ mod tests {
             assert!(t.elapsed() < Duration::from_secs(5), "event not dispatched");
             std::thread::sleep(Duration::from_millis(1));
         }
+        assert_eq!(Arc::strong_count(&seen), 2, "the subscriber is alive");
         w.stop();
         w.stop();
-        evt.write(1).unwrap();
-        std::thread::sleep(Duration::from_millis(20));
+        // The acknowledgement that nothing can count later events: the
+        // thread was joined and dropped its event manager, subscriber and
+        // all (no sleep-and-hope).
         assert_eq!(
-            seen.load(Ordering::SeqCst),
-            3,
-            "stopped worker ignores events"
+            Arc::strong_count(&seen),
+            1,
+            "the stopped worker dropped its subscriber"
         );
+        evt.write(1).unwrap();
+        assert_eq!(seen.load(Ordering::SeqCst), 3);
+        assert_ne!(w.tid(), 0);
     }
 }
