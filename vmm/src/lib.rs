@@ -5,6 +5,8 @@
 //! [`device_manager`] for devices, [`acpi`] and [`boot`] for what the guest
 //! finds at start.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod acpi;
 pub mod boot;
 pub mod builder;

@@ -5,6 +5,8 @@
 //! and the exit path. Skips visibly where /dev/kvm is absent or unusable,
 //! and fails instead under IOVMM_REQUIRE_KVM=1.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
