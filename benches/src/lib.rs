@@ -4,4 +4,6 @@
 //! lab run into a CSV file, SVG charts and a text table (the `iovmm-report`
 //! binary).
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod report;

@@ -84,19 +84,32 @@ impl Bus {
             .ok_or(BusError::NotFound(base))
     }
 
-    /// Moves the range registered at `old_base` to `new_base` (same length).
+    /// Moves the range registered at `old_base` to `new_base` (same
+    /// length), under one lock: every access sees the range at one place
+    /// or the other. On error the range stays where it was.
     pub fn relocate(&self, old_base: u64, new_base: u64) -> Result<(), BusError> {
-        let len = {
-            let map = self.ranges.read().unwrap_or_else(|e| e.into_inner());
-            map.get(&old_base).ok_or(BusError::NotFound(old_base))?.len
+        let mut map = self.ranges.write().unwrap_or_else(|e| e.into_inner());
+        let entry = map.remove(&old_base).ok_or(BusError::NotFound(old_base))?;
+        let len = entry.len;
+        let free = new_base.checked_add(len - 1).map(|last| {
+            map.range(..=last)
+                .next_back()
+                .is_none_or(|(&b, e)| b + e.len <= new_base)
+        });
+        let err = match free {
+            Some(true) => None,
+            Some(false) => Some(BusError::Overlap {
+                base: new_base,
+                len,
+            }),
+            None => Some(BusError::InvalidRange {
+                base: new_base,
+                len,
+            }),
         };
-        let dev = self.remove(old_base)?;
-        if let Err(e) = self.insert(dev.clone(), new_base, len) {
-            // Put it back where it was; cannot fail as the slot is free.
-            let _ = self.insert(dev, old_base, len);
-            return Err(e);
-        }
-        Ok(())
+        let at = if err.is_some() { old_base } else { new_base };
+        map.insert(at, entry);
+        err.map_or(Ok(()), Err)
     }
 
     fn resolve(&self, addr: u64) -> Option<(u64, u64, SharedDevice)> {
@@ -195,6 +208,18 @@ mod tests {
         bus.insert(d.clone(), 0x4000, 0x100).unwrap();
         assert!(bus.relocate(0x2000, 0x3ff0).is_err());
         assert!(bus.write(0x2000, &[1]));
+        assert!(matches!(
+            bus.relocate(0x2000, u64::MAX - 0x10),
+            Err(BusError::InvalidRange { .. })
+        ));
+        assert_eq!(
+            bus.relocate(0x2100, 0x9000),
+            Err(BusError::NotFound(0x2100))
+        );
+        // Onto its own old range, shifted: only the moving range is gone.
+        bus.relocate(0x2000, 0x2080).unwrap();
+        assert!(bus.write(0x2100, &[1]));
+        bus.relocate(0x2080, 0x2000).unwrap();
         bus.relocate(0x2000, 0x8000).unwrap();
         assert!(!bus.write(0x2000, &[1]));
         assert!(bus.write(0x8001, &[1]));

@@ -6,6 +6,7 @@
 //! guest memory plus, later, a translation object by the VMM.
 
 #![deny(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod bus;
 pub mod dma;

@@ -21,6 +21,7 @@
 //! [`device::MmioSlots`].
 
 #![deny(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod caps;
 pub mod config;

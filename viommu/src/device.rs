@@ -7,10 +7,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use devices::dma::{DmaMapping, DmaTranslate};
+use devices::virtio::ring::{self, QueueHealth, RingError};
 use devices::virtio::worker::{watch, Worker};
 use devices::virtio::{
     device_type, features, read_config_from, ActivateContext, ActivateError, GuestMemory,
-    VirtioDevice, VirtioInterrupt,
+    NeedsReset, VirtioDevice, VirtioInterrupt,
 };
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use virtio_queue::{Queue, QueueT};
@@ -363,6 +364,18 @@ pub(crate) struct IommuWorker {
     pub(crate) pinned: bool,
     /// Set before the worker is stopped, so a polling loop returns.
     pub(crate) stopping: Arc<AtomicBool>,
+    /// Whether the request queue is still served (see
+    /// [`devices::virtio::ring`]).
+    pub(crate) req_health: QueueHealth,
+    event_health: QueueHealth,
+    needs_reset: NeedsReset,
+}
+
+/// Stops serving a queue the driver broke, asks for a reset, counts it.
+fn ring_broken(health: &mut QueueHealth, e: RingError, reset: &NeedsReset, stats: &Stats) {
+    if health.broken(e, reset) {
+        stats.broken_rings.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 const EV_REQ: u32 = 0;
@@ -384,12 +397,15 @@ impl IommuWorker {
             req,
             req_evt: EventFd::new(libc::EFD_NONBLOCK)?,
             event: None,
+            needs_reset: NeedsReset::new(interrupt.clone()),
             interrupt,
             readable: Vec::new(),
             writable: Vec::new(),
             poll: PollConfig::default(),
             pinned: false,
             stopping: Arc::new(AtomicBool::new(false)),
+            req_health: QueueHealth::new("virtio-iommu request queue"),
+            event_health: QueueHealth::new("virtio-iommu event queue"),
         })
     }
 
@@ -400,36 +416,61 @@ impl IommuWorker {
     }
 
     /// A notification-driven pass: serves the request queue until it is
-    /// empty with notifications enabled; returns whether to interrupt.
+    /// empty with notifications enabled; returns whether to interrupt. A
+    /// ring the driver broke is not served until reset.
     fn process_requests(&mut self) -> bool {
+        if self.req_health.is_broken() {
+            return false;
+        }
         let stats = self.state.stats.clone();
         stats.batches.fetch_add(1, Ordering::Relaxed);
         let unmaps_before = stats.requests[3].load(Ordering::Relaxed);
         let mut used = false;
         loop {
-            if self.req.disable_notification(&self.mem).is_err() {
+            if let Err(e) = ring::disable_notification(&mut self.req, &self.mem) {
+                ring_broken(&mut self.req_health, e, &self.needs_reset, &stats);
                 break;
             }
             used |= self.drain_requests(false) > 0;
-            if !matches!(self.req.enable_notification(&self.mem), Ok(true)) {
+            if self.req_health.is_broken() {
                 break;
+            }
+            match ring::enable_notification(&mut self.req, &self.mem) {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    ring_broken(&mut self.req_health, e, &self.needs_reset, &stats);
+                    break;
+                }
             }
         }
         if stats.requests[3].load(Ordering::Relaxed) != unmaps_before {
             stats.unmap_batches.fetch_add(1, Ordering::Relaxed);
         }
+        if self.req_health.is_broken() {
+            return used;
+        }
         used && self.req.needs_notification(&self.mem).unwrap_or(true)
     }
 
     /// Handles every available request chain; returns how many. `polled`:
-    /// found by the poll loop rather than after a notification.
+    /// found by the poll loop rather than after a notification. A broken
+    /// ring marks the queue broken (`req_health`) and ends the pass.
     pub(crate) fn drain_requests(&mut self, polled: bool) -> u64 {
         // No allocation, lock or clock read when the ring is empty (the
         // poll loop calls this continuously).
         let stats = &*self.state.stats;
         let mut seen = None;
         let mut n = 0;
-        while let Some(chain) = self.req.pop_descriptor_chain(&self.mem) {
+        while !self.req_health.is_broken() {
+            let chain = match ring::pop_chain(&mut self.req, &self.mem) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => break,
+                Err(e) => {
+                    ring_broken(&mut self.req_health, e, &self.needs_reset, stats);
+                    break;
+                }
+            };
             let seen = *seen.get_or_insert_with(Instant::now);
             let head = chain.head_index();
             self.readable.clear();
@@ -449,8 +490,8 @@ impl IommuWorker {
                 }
             }
             let len = handle_request(&self.state, &self.mem, &self.readable, &self.writable);
-            if self.req.add_used(&self.mem, head, len).is_err() {
-                stats.malformed.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = ring::add_used(&mut self.req, &self.mem, head, len) {
+                ring_broken(&mut self.req_health, e, &self.needs_reset, stats);
                 break;
             }
             stats.record_response(seen.elapsed().as_nanos() as u64);
@@ -463,10 +504,16 @@ impl IommuWorker {
     }
 
     /// Moves pending faults into event buffers; returns whether to notify.
+    /// A ring the driver broke is not served until reset (faults then stay
+    /// queued, up to the limit, and are counted as dropped beyond it).
     pub(crate) fn deliver_faults(&mut self) -> bool {
         let Some((q, _)) = self.event.as_mut() else {
             return false;
         };
+        if self.event_health.is_broken() {
+            return false;
+        }
+        let stats = &*self.state.stats;
         let mut used = false;
         loop {
             let next = self
@@ -477,8 +524,13 @@ impl IommuWorker {
                 .front()
                 .copied();
             let Some(f) = next else { break };
-            let Some(chain) = q.pop_descriptor_chain(&self.mem) else {
-                break;
+            let chain = match ring::pop_chain(q, &self.mem) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => break,
+                Err(e) => {
+                    ring_broken(&mut self.event_health, e, &self.needs_reset, stats);
+                    return used;
+                }
             };
             let head = chain.head_index();
             let segs: Vec<Seg> = chain
@@ -496,20 +548,15 @@ impl IommuWorker {
                 .unwrap_or_else(|e| e.into_inner())
                 .pop_front();
             let len = if ok {
-                self.state
-                    .stats
-                    .fault_events
-                    .fetch_add(1, Ordering::Relaxed);
+                stats.fault_events.fetch_add(1, Ordering::Relaxed);
                 p::FAULT_LEN as u32
             } else {
-                self.state
-                    .stats
-                    .fault_events_dropped
-                    .fetch_add(1, Ordering::Relaxed);
+                stats.fault_events_dropped.fetch_add(1, Ordering::Relaxed);
                 0
             };
-            if q.add_used(&self.mem, head, len).is_err() {
-                break;
+            if let Err(e) = ring::add_used(q, &self.mem, head, len) {
+                ring_broken(&mut self.event_health, e, &self.needs_reset, stats);
+                return used;
             }
             used = true;
         }
@@ -683,6 +730,9 @@ impl VirtioDevice for VirtioIommu {
             poll: self.poll,
             pinned: false,
             stopping: self.stopping.clone(),
+            req_health: QueueHealth::new("virtio-iommu request queue"),
+            event_health: QueueHealth::new("virtio-iommu event queue"),
+            needs_reset: ctx.needs_reset,
         };
         self.stopping.store(false, Ordering::Relaxed);
         self.worker = Some(Worker::spawn("virtio-iommu", w)?);
@@ -705,3 +755,7 @@ impl Drop for VirtioIommu {
 #[cfg(test)]
 #[path = "device_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "device_ring_tests.rs"]
+mod ring_tests;

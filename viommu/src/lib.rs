@@ -8,6 +8,7 @@
 //! domain state) → [`backend::HostIommu::map`] (host mapping).
 
 #![deny(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod backend;
 pub mod device;

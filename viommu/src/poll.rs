@@ -17,6 +17,9 @@
 //!   ring, so a request published in between is served, not stranded;
 //! - `always`: polls until the device is reset or stopped.
 //!
+//! In every mode a request ring the driver broke ends polling at once
+//! (the queue is not served until reset, see `devices::virtio::ring`).
+//!
 //! Fault events are delivered from the same loop, since the worker's event
 //! loop does not run while it polls.
 
@@ -125,7 +128,7 @@ impl IommuWorker {
     /// reset, or stop) with notifications enabled again.
     pub(crate) fn poll(&mut self) {
         let cfg = self.poll;
-        if cfg.mode == PollMode::Off {
+        if cfg.mode == PollMode::Off || self.req_health.is_broken() {
             return;
         }
         if let Some(cpu) = cfg.cpu.filter(|_| !self.pinned) {
@@ -144,6 +147,15 @@ impl IommuWorker {
         let mut suppressed = self.req.disable_notification(&self.mem).is_ok();
         while suppressed && !self.stopping.load(Ordering::Relaxed) {
             let n = self.drain_requests(true);
+            if self.req_health.is_broken() {
+                // Not served until reset: leave the ring alone and let the
+                // event loop (which blocks) take over.
+                suppressed = false;
+                if n > 0 {
+                    self.signal(REQ_QUEUE);
+                }
+                break;
+            }
             if n > 0 {
                 // Each of these passes replaced one kick of the driver.
                 stats.poll.kicks_avoided.fetch_add(1, Ordering::Relaxed);

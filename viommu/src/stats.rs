@@ -40,6 +40,9 @@ pub struct Stats {
     pub fault_events: AtomicU64,
     /// Fault events lost because the driver gave no event buffers.
     pub fault_events_dropped: AtomicU64,
+    /// Queues the driver broke (`devices::virtio::ring`): each stopped
+    /// being served until the device is reset.
+    pub broken_rings: AtomicU64,
     latency: [Mutex<Histogram<u64>>; 5],
     /// Request-queue polling ([`crate::poll`]).
     pub poll: PollStats,
@@ -102,6 +105,7 @@ impl Default for Stats {
             faults: AtomicU64::new(0),
             fault_events: AtomicU64::new(0),
             fault_events_dropped: AtomicU64::new(0),
+            broken_rings: AtomicU64::new(0),
             latency: [
                 histogram(),
                 histogram(),
@@ -201,6 +205,7 @@ impl Stats {
             "faults": get(&self.faults),
             "fault_events": get(&self.fault_events),
             "fault_events_dropped": get(&self.fault_events_dropped),
+            "broken_rings": get(&self.broken_rings),
             "latency": latency,
             "poll": self.poll_json(),
             "host_errors": self.host.to_json(),

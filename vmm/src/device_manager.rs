@@ -122,6 +122,7 @@ impl DeviceStats {
                 "write_bytes": s.write_bytes.load(Relaxed),
                 "errors": s.errors.load(Relaxed),
                 "malformed": s.malformed.load(Relaxed),
+                "broken_rings": s.broken_rings.load(Relaxed),
             }),
             DeviceStats::Net(s) => serde_json::json!({
                 "rx_packets": s.rx_packets.load(Relaxed),
@@ -130,6 +131,7 @@ impl DeviceStats {
                 "tx_bytes": s.tx_bytes.load(Relaxed),
                 "dropped": s.dropped.load(Relaxed),
                 "malformed": s.malformed.load(Relaxed),
+                "broken_rings": s.broken_rings.load(Relaxed),
             }),
         }
     }

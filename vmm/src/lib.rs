@@ -5,12 +5,15 @@
 //! [`device_manager`] for devices, [`acpi`] and [`boot`] for what the guest
 //! finds at start.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod acpi;
 pub mod boot;
 pub mod builder;
 pub mod cli;
 pub mod config;
 pub mod device_manager;
+pub mod host_test;
 pub mod layout;
 pub mod memory;
 pub mod stats;

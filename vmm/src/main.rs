@@ -9,6 +9,8 @@
 //! before `std::process::exit` (which runs no destructors): VFIO DMA
 //! mappings are removed and assigned functions closed explicitly.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 use devices::legacy::ExitReason;
 use vmm::builder;
 use vmm::cli::{self, Command};

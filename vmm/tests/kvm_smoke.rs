@@ -2,7 +2,10 @@
 //! payload prints "OK" on COM1 and powers off through the ACPI sleep
 //! control register. It exercises VM creation (irqchip, PIT), memory slots,
 //! CPUID/MSR/FPU/LAPIC setup, the long-mode boot state, the port-I/O bus
-//! and the exit path. Skips where /dev/kvm is absent.
+//! and the exit path. Skips visibly where /dev/kvm is absent or unusable,
+//! and fails instead under IOVMM_REQUIRE_KVM=1.
+
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
@@ -44,14 +47,16 @@ const PAYLOAD: &[u8] = &[
 
 #[test]
 fn payload_prints_and_powers_off() {
+    use vmm::host_test::{skip, REQUIRE_KVM};
+    const TEST: &str = "payload_prints_and_powers_off";
     if !std::path::Path::new("/dev/kvm").exists() {
-        eprintln!("skipping: /dev/kvm is absent on this machine");
+        skip(REQUIRE_KVM, TEST, "/dev/kvm is absent on this machine");
         return;
     }
     let vm = match Vm::new() {
         Ok(vm) => vm,
         Err(e) => {
-            eprintln!("skipping: {e}");
+            skip(REQUIRE_KVM, TEST, &format!("cannot use /dev/kvm: {e}"));
             return;
         }
     };

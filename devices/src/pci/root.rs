@@ -3,6 +3,8 @@
 //! and port buses (including KVM ioeventfds for notification registers).
 
 use std::io;
+use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::EventFd;
@@ -19,6 +21,9 @@ pub trait IoEventRegistry: Send + Sync {
     /// Undo [`IoEventRegistry::register`].
     fn unregister(&self, addr: u64, fd: &EventFd) -> io::Result<()>;
 }
+
+/// Configuration registers of BAR0..BAR5.
+const BAR_REGS: RangeInclusive<usize> = 4..=9;
 
 /// Shared handle to a PCI function.
 pub type SharedPciDevice = Arc<Mutex<dyn PciDevice>>;
@@ -81,6 +86,7 @@ pub struct PciRoot {
     mmio: Arc<Bus>,
     pio: Arc<Bus>,
     ioevents: Arc<dyn IoEventRegistry>,
+    refused_moves: AtomicU64,
 }
 
 impl PciRoot {
@@ -99,6 +105,7 @@ impl PciRoot {
             mmio,
             pio,
             ioevents,
+            refused_moves: AtomicU64::new(0),
         }
     }
 
@@ -184,15 +191,43 @@ impl PciRoot {
     }
 
     /// Writes configuration register `reg` of 00:`dev`.`func` and moves a
-    /// BAR the write reprogrammed.
+    /// BAR the write reprogrammed. A move the buses cannot follow (the new
+    /// range overlaps another, or its ioeventfds cannot be registered) is
+    /// refused as a whole: the register gets its old value back, so config
+    /// space, bus and ioeventfds keep agreeing on the old address.
     pub fn config_write(&self, bus: u8, dev: u8, func: u8, reg: usize, offset: u64, data: &[u8]) {
         let Some(d) = self.function(bus, dev, func) else {
             return;
         };
-        let moved = lock(d).write_config_register(reg, offset, data);
-        if let Some(m) = moved {
-            self.move_bar(d, m);
+        // The device stays locked until the bus agrees with it, so none
+        // of its BAR accesses sees a half-done move.
+        let mut guard = lock(d);
+        let before = BAR_REGS
+            .contains(&reg)
+            .then(|| guard.read_config_register(reg));
+        let Some(m) = guard.write_config_register(reg, offset, data) else {
+            return;
+        };
+        if let Err(e) = self.move_bar(&*guard, m) {
+            tracing::warn!(
+                "PCI: guest moved BAR {} of slot {dev} from {:#x} to {:#x}: {e}; move refused",
+                m.old.index,
+                m.old.addr,
+                m.new_addr
+            );
+            self.refused_moves.fetch_add(1, Ordering::Relaxed);
+            if let Some(v) = before {
+                // One write changes one dword of the BAR, so restoring that
+                // dword restores the old address (the device follows: the
+                // move back it reports is where the bus still is).
+                let _ = guard.write_config_register(reg, 0, &v.to_le_bytes());
+            }
         }
+    }
+
+    /// BAR moves refused because the buses could not follow them.
+    pub fn refused_moves(&self) -> u64 {
+        self.refused_moves.load(Ordering::Relaxed)
     }
 
     fn function(&self, bus: u8, dev: u8, func: u8) -> Option<&SharedPciDevice> {
@@ -202,32 +237,35 @@ impl PciRoot {
         self.slots.get(usize::from(dev))?.as_ref()
     }
 
-    fn move_bar(&self, dev: &SharedPciDevice, m: BarMove) {
-        let d = lock(dev);
+    /// Moves BAR `m` on its bus with its ioeventfds, all or nothing.
+    fn move_bar(&self, d: &dyn PciDevice, m: BarMove) -> Result<(), String> {
         let fds: Vec<(u64, &EventFd)> = d
             .ioeventfds()
             .into_iter()
             .filter(|(bar, _, _)| *bar == m.old.index)
             .map(|(_, off, fd)| (off, fd))
             .collect();
+        let bus = self.bus_for(m.old.kind);
+        bus.relocate(m.old.addr, m.new_addr)
+            .map_err(|e| e.to_string())?;
+        for (i, (off, fd)) in fds.iter().enumerate() {
+            if let Err(e) = self.ioevents.register(m.new_addr + off, fd) {
+                for (off, fd) in &fds[..i] {
+                    let _ = self.ioevents.unregister(m.new_addr + off, fd);
+                }
+                // Back where it was: the old range is free (it was ours).
+                if let Err(e) = bus.relocate(m.new_addr, m.old.addr) {
+                    tracing::error!("PCI: cannot move BAR {} back: {e}", m.old.index);
+                }
+                return Err(format!("ioeventfd at {:#x}: {e}", m.new_addr + off));
+            }
+        }
         for (off, fd) in &fds {
             if let Err(e) = self.ioevents.unregister(m.old.addr + off, fd) {
                 tracing::warn!("PCI: cannot unregister ioeventfd: {e}");
             }
         }
-        if let Err(e) = self.bus_for(m.old.kind).relocate(m.old.addr, m.new_addr) {
-            tracing::warn!(
-                "PCI: guest moved BAR {} from {:#x} to {:#x}: {e}",
-                m.old.index,
-                m.old.addr,
-                m.new_addr
-            );
-        }
-        for (off, fd) in &fds {
-            if let Err(e) = self.ioevents.register(m.new_addr + off, fd) {
-                tracing::warn!("PCI: cannot register ioeventfd: {e}");
-            }
-        }
+        Ok(())
     }
 }
 
@@ -354,10 +392,14 @@ impl BusDevice for PciConfigMmio {
 mod tests {
     use super::*;
 
+    /// Records (un)registrations; `fail_at` makes registering there fail.
     #[derive(Default)]
-    struct Events(Mutex<Vec<(bool, u64)>>);
+    struct Events(Mutex<Vec<(bool, u64)>>, Mutex<Option<u64>>);
     impl IoEventRegistry for Events {
         fn register(&self, addr: u64, _fd: &EventFd) -> io::Result<()> {
+            if *self.1.lock().unwrap() == Some(addr) {
+                return Err(io::Error::from_raw_os_error(libc::EEXIST));
+            }
             self.0.lock().unwrap().push((true, addr));
             Ok(())
         }
@@ -398,26 +440,53 @@ mod tests {
         }
     }
 
-    fn setup() -> (Arc<Mutex<PciRoot>>, Arc<Bus>, Arc<Events>) {
-        let mmio = Arc::new(Bus::new());
-        let ev = Arc::new(Events::default());
-        let root = PciRoot::new(mmio.clone(), Arc::new(Bus::new()), ev.clone());
-        let root = Arc::new(Mutex::new(root));
+    fn fake(addr: u64, kind: BarKind) -> Arc<Mutex<Fake>> {
         let mut cfg = PciConfiguration::new(PciIds {
             vendor: 0x1af4,
             device: 0x1042,
             ..Default::default()
         });
-        cfg.add_bar(0, 0xc000_0000, 0x1000, BarKind::Mmio32)
-            .unwrap();
-        let fake = Fake {
+        cfg.add_bar(0, addr, 0x1000, kind).unwrap();
+        Arc::new(Mutex::new(Fake {
             cfg,
             mem: [0; 64],
             evt: EventFd::new(0).unwrap(),
-        };
-        let slot = root.lock().unwrap().add_device(Arc::new(Mutex::new(fake)));
+        }))
+    }
+
+    fn setup() -> (Arc<Mutex<PciRoot>>, Arc<Bus>, Arc<Events>) {
+        let mmio = Arc::new(Bus::new());
+        let ev = Arc::new(Events::default());
+        let root = PciRoot::new(mmio.clone(), Arc::new(Bus::new()), ev.clone());
+        let root = Arc::new(Mutex::new(root));
+        let slot = root
+            .lock()
+            .unwrap()
+            .add_device(fake(0xc000_0000, BarKind::Mmio32));
         assert_eq!(slot.unwrap(), 1);
         (root, mmio, ev)
+    }
+
+    /// The address BAR0 of slot `dev` holds in config space (both dwords).
+    fn bar0(root: &Arc<Mutex<PciRoot>>, dev: u8) -> u64 {
+        let r = root.lock().unwrap();
+        let lo = r.config_read(0, dev, 0, 4);
+        let hi = if lo & 0x6 == 0x4 {
+            r.config_read(0, dev, 0, 5)
+        } else {
+            0
+        };
+        u64::from(hi) << 32 | u64::from(lo & !0xf)
+    }
+
+    /// Writes a byte through BAR0 at `addr` + 4 and reads it back, or
+    /// `None` when nothing decodes there.
+    fn probe(mmio: &Bus, addr: u64, v: u8) -> Option<u8> {
+        if !mmio.write(addr + 4, &[v]) {
+            return None;
+        }
+        let mut b = [0u8; 1];
+        mmio.read(addr + 4, &mut b).then_some(b[0])
     }
 
     fn cf8(io: &mut PciConfigIo, dev: u32, reg: u32) -> u32 {
@@ -458,9 +527,11 @@ mod tests {
         assert!(!mmio.read(0xc000_0004, &mut b));
         assert!(mmio.read(0xd000_0004, &mut b));
         assert_eq!(b[0], 7);
+        // Registered at the new address before leaving the old one, so a
+        // failure can leave everything where it was.
         assert_eq!(
             ev.0.lock().unwrap()[1..],
-            [(false, 0xc000_0010), (true, 0xd000_0010)]
+            [(true, 0xd000_0010), (false, 0xc000_0010)]
         );
     }
 
@@ -492,5 +563,84 @@ mod tests {
         ecam.write(0, 3, &[1, 2]);
         ecam.read(0, 2, &mut d);
         assert_eq!(d, [0xff; 4]);
+    }
+
+    #[test]
+    fn a_move_onto_another_bar_is_refused_as_a_whole() {
+        let (root, mmio, ev) = setup();
+        let other = fake(0xc000_1000, BarKind::Mmio32);
+        assert_eq!(root.lock().unwrap().add_device(other.clone()).unwrap(), 2);
+        let mut ecam = PciConfigMmio::new(root.clone());
+        let events = ev.0.lock().unwrap().clone();
+        // A one-byte write of the second byte: 0xc000_0000 -> 0xc000_1000.
+        ecam.write(0, 1 << 15 | 0x11, &[0x10]);
+        assert_eq!(
+            bar0(&root, 1),
+            0xc000_0000,
+            "config space keeps the old address"
+        );
+        assert_eq!(probe(&mmio, 0xc000_0000, 5), Some(5), "still decoded there");
+        assert_eq!(probe(&mmio, 0xc000_1000, 6), Some(6));
+        assert_eq!(
+            other.lock().unwrap().mem[4],
+            6,
+            "the other BAR is untouched"
+        );
+        assert_eq!(*ev.0.lock().unwrap(), events, "ioeventfds untouched");
+        assert_eq!(root.lock().unwrap().refused_moves(), 1);
+        // A free address is fine.
+        ecam.write(0, 1 << 15 | 0x10, &0xd000_0000u32.to_le_bytes());
+        assert_eq!(bar0(&root, 1), 0xd000_0000);
+        assert_eq!(probe(&mmio, 0xd000_0000, 5), Some(5));
+        assert_eq!(probe(&mmio, 0xc000_0000, 5), None);
+    }
+
+    #[test]
+    fn a_64_bit_bar_moves_by_dwords_and_a_refused_dword_keeps_the_whole_address() {
+        let (root, mmio, ev) = setup();
+        let a = fake(0x1_0000_0000, BarKind::Mmio64);
+        let b = fake(0x2_0000_1000, BarKind::Mmio64);
+        assert_eq!(root.lock().unwrap().add_device(a).unwrap(), 2);
+        assert_eq!(root.lock().unwrap().add_device(b).unwrap(), 3);
+        let mut ecam = PciConfigMmio::new(root.clone());
+        let dev2 = 2 << 15;
+        // High dword: 0x1_0000_0000 -> 0x2_0000_0000 (free).
+        ecam.write(0, dev2 | 0x14, &2u32.to_le_bytes());
+        assert_eq!(bar0(&root, 2), 0x2_0000_0000);
+        assert_eq!(probe(&mmio, 0x2_0000_0000, 9), Some(9));
+        assert_eq!(probe(&mmio, 0x1_0000_0000, 9), None);
+        // Low dword onto the other 64-bit BAR: refused, both dwords kept.
+        ecam.write(0, dev2 | 0x10, &0x1000u32.to_le_bytes());
+        assert_eq!(bar0(&root, 2), 0x2_0000_0000);
+        assert_eq!(probe(&mmio, 0x2_0000_0000, 3), Some(3));
+        assert_eq!(bar0(&root, 3), 0x2_0000_1000);
+        assert_eq!(root.lock().unwrap().refused_moves(), 1);
+        // Then a free low dword moves it.
+        ecam.write(0, dev2 | 0x10, &0x2000u32.to_le_bytes());
+        assert_eq!(bar0(&root, 2), 0x2_0000_2000);
+        assert_eq!(probe(&mmio, 0x2_0000_2000, 3), Some(3));
+        let log = ev.0.lock().unwrap();
+        assert_eq!(
+            log[log.len() - 4..],
+            [
+                (true, 0x2_0000_0010),
+                (false, 0x1_0000_0010),
+                (true, 0x2_0000_2010),
+                (false, 0x2_0000_0010)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_move_whose_ioeventfd_cannot_be_registered_is_refused() {
+        let (root, mmio, ev) = setup();
+        *ev.1.lock().unwrap() = Some(0xd000_0010);
+        let mut ecam = PciConfigMmio::new(root.clone());
+        ecam.write(0, 1 << 15 | 0x10, &0xd000_0000u32.to_le_bytes());
+        assert_eq!(bar0(&root, 1), 0xc000_0000);
+        assert_eq!(probe(&mmio, 0xc000_0000, 1), Some(1));
+        assert_eq!(probe(&mmio, 0xd000_0000, 1), None);
+        assert_eq!(*ev.0.lock().unwrap(), vec![(true, 0xc000_0010)]);
+        assert_eq!(root.lock().unwrap().refused_moves(), 1);
     }
 }

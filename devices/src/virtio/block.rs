@@ -14,6 +14,7 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::ring::{self, NeedsReset, QueueHealth, RingError};
 use super::worker::{watch, Worker};
 use super::{device_type, features, ActivateContext, ActivateError, GuestMemory};
 use super::{VirtioDevice, VirtioInterrupt};
@@ -66,6 +67,9 @@ pub struct BlockStats {
     pub errors: AtomicU64,
     /// Chains too malformed to answer (no status byte), or memory faults.
     pub malformed: AtomicU64,
+    /// Times the driver broke the request queue (see [`super::ring`]): it
+    /// stopped being served and the device asked for a reset.
+    pub broken_rings: AtomicU64,
 }
 
 /// The image and its properties.
@@ -228,17 +232,31 @@ struct BlockWorker {
     index: u16,
     stats: Arc<BlockStats>,
     segs: Vec<Seg>,
+    health: QueueHealth,
+    needs_reset: NeedsReset,
 }
 
 impl BlockWorker {
     /// Drains the queue; returns whether the driver must be interrupted.
+    /// A broken ring stops the queue until reset (see [`super::ring`]).
     fn process(&mut self) -> bool {
+        if self.health.is_broken() {
+            return false;
+        }
         let mut used_any = false;
-        loop {
-            if self.queue.disable_notification(&self.mem).is_err() {
-                return used_any;
+        if let Err(e) = self.serve(&mut used_any) {
+            if self.health.broken(e, &self.needs_reset) {
+                self.stats.broken_rings.fetch_add(1, Ordering::Relaxed);
             }
-            while let Some(chain) = self.queue.pop_descriptor_chain(&self.mem) {
+            return used_any;
+        }
+        used_any && self.queue.needs_notification(&self.mem).unwrap_or(true)
+    }
+
+    fn serve(&mut self, used_any: &mut bool) -> Result<(), RingError> {
+        loop {
+            ring::disable_notification(&mut self.queue, &self.mem)?;
+            while let Some(chain) = ring::pop_chain(&mut self.queue, &self.mem)? {
                 let head = chain.head_index();
                 self.segs.clear();
                 for d in chain {
@@ -258,18 +276,13 @@ impl BlockWorker {
                 };
                 self.segs = segs;
                 self.stats.requests.fetch_add(1, Ordering::Relaxed);
-                if self.queue.add_used(&self.mem, head, len).is_err() {
-                    self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                    return used_any;
-                }
-                used_any = true;
+                ring::add_used(&mut self.queue, &self.mem, head, len)?;
+                *used_any = true;
             }
-            match self.queue.enable_notification(&self.mem) {
-                Ok(true) => continue,
-                _ => break,
+            if !ring::enable_notification(&mut self.queue, &self.mem)? {
+                return Ok(());
             }
         }
-        used_any && self.queue.needs_notification(&self.mem).unwrap_or(true)
     }
 }
 
@@ -395,6 +408,8 @@ impl VirtioDevice for VirtioBlock {
             index,
             stats: self.stats.clone(),
             segs: Vec::with_capacity(usize::from(QUEUE_SIZE)),
+            health: QueueHealth::new("virtio-blk"),
+            needs_reset: ctx.needs_reset,
         };
         self.worker = Some(Worker::spawn("virtio-blk", w)?);
         Ok(())

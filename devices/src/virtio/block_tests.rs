@@ -3,6 +3,7 @@ use std::sync::Mutex;
 
 use super::*;
 use crate::virtio::testing::TestQueue;
+use crate::virtio::ActivateContext;
 
 #[derive(Default)]
 struct Irq(Mutex<Vec<u16>>);
@@ -48,6 +49,8 @@ fn rig(readonly: bool) -> Rig {
         index: 0,
         stats: dev.stats(),
         segs: Vec::new(),
+        health: QueueHealth::new("test"),
+        needs_reset: NeedsReset::new(Arc::new(Irq::default())),
     };
     Rig { tq, w, _img: img }
 }
@@ -279,4 +282,64 @@ fn indirect_tables_are_followed_and_malformed_ones_refused() {
         assert_eq!(r.tq.used(i), (i, 0), "case {i}");
     }
     assert_eq!(r.w.stats.malformed.load(Ordering::Relaxed), 5);
+}
+
+#[test]
+fn a_broken_ring_idles_the_worker_and_a_reset_brings_the_disk_back() {
+    use crate::virtio::testing::{
+        assert_idle, is_pending, wait_for, LeakOnPanic, RecordingInterrupt,
+    };
+    let img = image(64 * 1024);
+    let mut dev = LeakOnPanic::new(VirtioBlock::new(img.path(), false, "x").unwrap());
+    let irq = Arc::new(RecordingInterrupt::default());
+    let mut tq = TestQueue::new(16);
+    let activate = |dev: &mut VirtioBlock, tq: &TestQueue| {
+        let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let needs_reset = NeedsReset::new(irq.clone());
+        dev.activate(ActivateContext {
+            mem: tq.memory(),
+            interrupt: irq.clone(),
+            queues: vec![(0, tq.queue())],
+            queue_evts: vec![evt.try_clone().unwrap()],
+            acked_features: features::VERSION_1,
+            needs_reset: needs_reset.clone(),
+        })
+        .unwrap();
+        (needs_reset, evt)
+    };
+    let (needs_reset, kick) = activate(&mut dev, &tq);
+    let tid = dev.worker.as_ref().unwrap().tid();
+    // One good request, then an index 300 entries ahead of the device.
+    header(&tq, 0x10000, req::IN, 0);
+    tq.add_chain(&[
+        (0x10000, 16, false),
+        (0x20000, 512, true),
+        (0x30000, 1, true),
+    ]);
+    kick.write(1).unwrap();
+    wait_for("the good request is answered", || tq.used_idx() == 1);
+    tq.set_avail_idx(301);
+    kick.write(1).unwrap();
+    wait_for("DEVICE_NEEDS_RESET", || needs_reset.is_raised());
+    kick.write(1).unwrap();
+    wait_for("the second kick is consumed", || !is_pending(&kick));
+    assert_idle(tid, 20);
+    assert_eq!(irq.config_changes(), 1);
+    assert_eq!(dev.stats().broken_rings.load(Ordering::Relaxed), 1);
+    assert_eq!(dev.stats().requests.load(Ordering::Relaxed), 1);
+    // Reset, rings set up again: the disk serves requests.
+    dev.reset();
+    tq.reinit();
+    let (needs_reset, kick) = activate(&mut dev, &tq);
+    header(&tq, 0x10000, req::GET_ID, 0);
+    tq.add_chain(&[
+        (0x10000, 16, false),
+        (0x20000, 20, true),
+        (0x30001, 1, true),
+    ]);
+    kick.write(1).unwrap();
+    wait_for("the request is answered", || tq.used_idx() == 1);
+    assert_eq!(status_at(&tq, 0x30001), status::OK);
+    assert!(!needs_reset.is_raised());
+    dev.reset();
 }

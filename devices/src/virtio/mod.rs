@@ -4,13 +4,17 @@
 //! A device implements [`VirtioDevice`]; the PCI transport owns the
 //! virtio 1.x register state machine and calls [`VirtioDevice::activate`]
 //! when the driver sets DRIVER_OK. Activated devices process their queues on
-//! a worker thread running an `event_manager::EventManager`.
+//! a worker thread running an `event_manager::EventManager`. A queue the
+//! driver broke is not served until reset, and the device asks for one
+//! ([`ring`]).
 
 use std::io;
 use std::sync::Arc;
 
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
+
+pub use ring::NeedsReset;
 
 /// Guest memory as seen by devices: IOVAs when the device sits behind the
 /// virtual IOMMU, guest-physical addresses otherwise (see [`crate::dma`]).
@@ -58,6 +62,9 @@ pub struct ActivateContext {
     pub queue_evts: Vec<EventFd>,
     /// Features the driver accepted.
     pub acked_features: u64,
+    /// How the device asks for a reset when the driver broke a queue
+    /// (see [`ring`]): the transport then shows DEVICE_NEEDS_RESET.
+    pub needs_reset: NeedsReset,
 }
 
 /// Errors from [`VirtioDevice::activate`].
@@ -110,6 +117,7 @@ pub fn read_config_from(config: &[u8], offset: u64, data: &mut [u8]) {
 pub mod block;
 pub mod net;
 pub mod pci_transport;
+pub mod ring;
 pub mod tap;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;

@@ -13,6 +13,7 @@ use vm_memory::Bytes;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::ring::{self, NeedsReset, QueueHealth, RingError};
 use super::tap::{Tap, VNET_HDR_LEN};
 use super::worker::{watch, Worker};
 use super::{device_type, features, ActivateContext, ActivateError, GuestMemory};
@@ -42,6 +43,9 @@ pub struct NetStats {
     pub dropped: AtomicU64,
     /// Malformed chains or memory faults.
     pub malformed: AtomicU64,
+    /// Queues the driver broke (see [`super::ring`]); each one stopped
+    /// being served and made the device ask for a reset.
+    pub broken_rings: AtomicU64,
 }
 
 /// Where frames go and come from (a TAP, or a fake in tests).
@@ -61,6 +65,19 @@ impl NetBackend for Tap {
     }
 }
 
+/// A backend a device worker can run on: pollable (the worker waits for
+/// its fd to become readable, edge-triggered) and cloned per activation.
+pub trait NetPort: NetBackend + AsRawFd + Sized + 'static {
+    /// Another handle to the same backend.
+    fn clone_port(&self) -> io::Result<Self>;
+}
+
+impl NetPort for Tap {
+    fn clone_port(&self) -> io::Result<Self> {
+        self.try_clone()
+    }
+}
+
 /// Queue processing shared by the worker and the tests.
 struct NetQueues<B> {
     mem: GuestMemory,
@@ -72,17 +89,55 @@ struct NetQueues<B> {
     pending: Option<usize>,
     rx_buf: Vec<u8>,
     tx_buf: Vec<u8>,
+    rx_health: QueueHealth,
+    tx_health: QueueHealth,
+    needs_reset: NeedsReset,
 }
 
 impl<B: NetBackend> NetQueues<B> {
+    fn new(
+        mem: GuestMemory,
+        rx: Queue,
+        tx: Queue,
+        backend: B,
+        stats: Arc<NetStats>,
+        needs_reset: NeedsReset,
+    ) -> Self {
+        NetQueues {
+            mem,
+            rx,
+            tx,
+            backend,
+            stats,
+            pending: None,
+            rx_buf: vec![0; MAX_FRAME],
+            tx_buf: Vec::with_capacity(MAX_FRAME),
+            rx_health: QueueHealth::new("virtio-net rx"),
+            tx_health: QueueHealth::new("virtio-net tx"),
+            needs_reset,
+        }
+    }
+
     /// Sends every available transmit chain; returns whether to notify.
+    /// A broken ring stops the queue until reset (see [`super::ring`]).
     fn process_tx(&mut self) -> bool {
+        if self.tx_health.is_broken() {
+            return false;
+        }
         let mut used = false;
-        loop {
-            if self.tx.disable_notification(&self.mem).is_err() {
-                return used;
+        if let Err(e) = self.serve_tx(&mut used) {
+            if self.tx_health.broken(e, &self.needs_reset) {
+                self.stats.broken_rings.fetch_add(1, Ordering::Relaxed);
             }
-            while let Some(chain) = self.tx.pop_descriptor_chain(&self.mem) {
+            return used;
+        }
+        used && self.tx.needs_notification(&self.mem).unwrap_or(true)
+    }
+
+    fn serve_tx(&mut self, used: &mut bool) -> Result<(), RingError> {
+        loop {
+            ring::disable_notification(&mut self.tx, &self.mem)?;
+            while let Some(chain) = ring::pop_chain(&mut self.tx, &self.mem)? {
                 let head = chain.head_index();
                 self.tx_buf.clear();
                 let mut ok = true;
@@ -118,23 +173,33 @@ impl<B: NetBackend> NetQueues<B> {
                 } else {
                     self.stats.malformed.fetch_add(1, Ordering::Relaxed);
                 }
-                if self.tx.add_used(&self.mem, head, 0).is_err() {
-                    self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                    return used;
-                }
-                used = true;
+                ring::add_used(&mut self.tx, &self.mem, head, 0)?;
+                *used = true;
             }
-            if !matches!(self.tx.enable_notification(&self.mem), Ok(true)) {
-                break;
+            if !ring::enable_notification(&mut self.tx, &self.mem)? {
+                return Ok(());
             }
         }
-        used && self.tx.needs_notification(&self.mem).unwrap_or(true)
     }
 
     /// Moves frames from the backend into receive buffers until one side
-    /// runs dry; returns whether to notify.
+    /// runs dry; returns whether to notify. A broken ring stops the queue
+    /// until reset; frames then stay in the backend.
     fn process_rx(&mut self) -> bool {
+        if self.rx_health.is_broken() {
+            return false;
+        }
         let mut used = false;
+        if let Err(e) = self.serve_rx(&mut used) {
+            if self.rx_health.broken(e, &self.needs_reset) {
+                self.stats.broken_rings.fetch_add(1, Ordering::Relaxed);
+            }
+            return used;
+        }
+        used && self.rx.needs_notification(&self.mem).unwrap_or(true)
+    }
+
+    fn serve_rx(&mut self, used: &mut bool) -> Result<(), RingError> {
         loop {
             let len = match self.pending.take() {
                 Some(n) => n,
@@ -146,20 +211,22 @@ impl<B: NetBackend> NetQueues<B> {
                             self.stats.malformed.fetch_add(1, Ordering::Relaxed);
                             continue;
                         }
-                        Err(_) => break,
+                        Err(_) => return Ok(()),
                     }
                 }
             };
             // num_buffers = 1: the whole frame goes into one chain.
             self.rx_buf[10..12].copy_from_slice(&1u16.to_le_bytes());
-            let Some(chain) = self.rx.pop_descriptor_chain(&self.mem) else {
-                self.pending = Some(len);
+            // Kept for the next pass unless a buffer takes it.
+            self.pending = Some(len);
+            let Some(chain) = ring::pop_chain(&mut self.rx, &self.mem)? else {
                 // Ask for a notification when buffers arrive, and re-check.
-                if matches!(self.rx.enable_notification(&self.mem), Ok(true)) {
+                if ring::enable_notification(&mut self.rx, &self.mem)? {
                     continue;
                 }
-                break;
+                return Ok(());
             };
+            self.pending = None;
             let head = chain.head_index();
             let mut done = 0usize;
             let mut fault = false;
@@ -190,13 +257,9 @@ impl<B: NetBackend> NetQueues<B> {
                 self.stats.rx_bytes.fetch_add(len as u64, Ordering::Relaxed);
                 len as u32
             };
-            if self.rx.add_used(&self.mem, head, written).is_err() {
-                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                break;
-            }
-            used = true;
+            ring::add_used(&mut self.rx, &self.mem, head, written)?;
+            *used = true;
         }
-        used && self.rx.needs_notification(&self.mem).unwrap_or(true)
     }
 }
 
@@ -204,14 +267,14 @@ const EV_RX: u32 = 0;
 const EV_TX: u32 = 1;
 const EV_TAP: u32 = 2;
 
-struct NetWorker {
-    q: NetQueues<Tap>,
+struct NetWorker<P> {
+    q: NetQueues<P>,
     rx_evt: EventFd,
     tx_evt: EventFd,
     interrupt: Arc<dyn VirtioInterrupt>,
 }
 
-impl NetWorker {
+impl<P> NetWorker<P> {
     fn signal(&self, queue: u16) {
         if let Err(e) = self.interrupt.signal_used_queue(queue) {
             tracing::warn!("virtio-net: interrupt failed: {e}");
@@ -219,7 +282,7 @@ impl NetWorker {
     }
 }
 
-impl MutEventSubscriber for NetWorker {
+impl<P: NetPort> MutEventSubscriber for NetWorker<P> {
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
         match events.data() {
             EV_TX => {
@@ -264,9 +327,9 @@ fn config_bytes(mac: &[u8; 6]) -> [u8; 8] {
     c
 }
 
-/// A virtio-net device.
-pub struct VirtioNet {
-    tap: Tap,
+/// A virtio-net device (on a TAP unless built over another [`NetPort`]).
+pub struct VirtioNet<P = Tap> {
+    tap: P,
     mac: [u8; 6],
     acked: u64,
     worker: Option<Worker>,
@@ -285,8 +348,15 @@ impl VirtioNet {
 
     /// A device on an already open tap.
     pub fn new(tap: Tap, mac: [u8; 6]) -> Self {
+        Self::on_port(tap, mac)
+    }
+}
+
+impl<P: NetPort> VirtioNet<P> {
+    /// A device on `port` with `mac`.
+    pub fn on_port(port: P, mac: [u8; 6]) -> Self {
         VirtioNet {
-            tap,
+            tap: port,
             mac,
             acked: 0,
             worker: None,
@@ -300,7 +370,7 @@ impl VirtioNet {
     }
 }
 
-impl VirtioDevice for VirtioNet {
+impl<P: NetPort + Send> VirtioDevice for VirtioNet<P> {
     fn device_type(&self) -> u32 {
         device_type::NET
     }
@@ -338,18 +408,9 @@ impl VirtioDevice for VirtioNet {
                 "rx and tx queues must be enabled".into(),
             ));
         };
-        let tap = self.tap.try_clone()?;
+        let port = self.tap.clone_port()?;
         let w = NetWorker {
-            q: NetQueues {
-                mem: ctx.mem,
-                rx: rxq,
-                tx: txq,
-                backend: tap,
-                stats: self.stats.clone(),
-                pending: None,
-                rx_buf: vec![0; MAX_FRAME],
-                tx_buf: Vec::with_capacity(MAX_FRAME),
-            },
+            q: NetQueues::new(ctx.mem, rxq, txq, port, self.stats.clone(), ctx.needs_reset),
             rx_evt,
             tx_evt,
             interrupt: ctx.interrupt,

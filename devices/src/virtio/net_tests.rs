@@ -1,7 +1,9 @@
 use std::collections::VecDeque;
 
 use super::*;
-use crate::virtio::testing::TestQueue;
+use crate::virtio::testing::{RecordingInterrupt, TestQueue};
+use crate::virtio::ActivateContext;
+use std::os::unix::io::AsRawFd;
 use vm_memory::GuestAddress;
 
 /// Frames in, frames out.
@@ -32,6 +34,7 @@ impl NetBackend for Fake {
 struct Rig {
     rxq: TestQueue,
     q: NetQueues<Fake>,
+    irq: Arc<RecordingInterrupt>,
 }
 
 fn rig() -> Rig {
@@ -43,18 +46,18 @@ fn rig() -> Rig {
     // need it; here we only need a distinct, empty ring.
     tx.set_avail_ring_address(Some(0x5000), Some(0));
     tx.set_used_ring_address(Some(0x6000), Some(0));
+    let irq = Arc::new(RecordingInterrupt::default());
     Rig {
-        q: NetQueues {
+        q: NetQueues::new(
             mem,
             rx,
             tx,
-            backend: Fake::default(),
-            stats: Arc::new(NetStats::default()),
-            pending: None,
-            rx_buf: vec![0; MAX_FRAME],
-            tx_buf: Vec::new(),
-        },
+            Fake::default(),
+            Arc::new(NetStats::default()),
+            NeedsReset::new(irq.clone()),
+        ),
         rxq,
+        irq,
     }
 }
 
@@ -238,4 +241,152 @@ fn indirect_tables_carry_frames_and_malformed_ones_are_refused() {
     assert_eq!(r.rxq.used(0), (0, 300));
     assert_eq!(r.rxq.used(1), (1, 0));
     assert_eq!(r.q.stats.dropped.load(Ordering::Relaxed), 1);
+}
+
+/// Runs `f` on another thread and waits (bounded) for it to return, so a
+/// consumer that spins fails the test instead of hanging it.
+fn returns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the queue consumer did not return: it spins on the broken ring")
+}
+
+#[test]
+fn an_avail_index_far_ahead_stops_both_queues_without_spinning() {
+    let mut r = rig();
+    std::mem::swap(&mut r.q.rx, &mut r.q.tx);
+    // TX: the driver claims 1000 new chains on a 16-entry ring.
+    r.rxq.set_avail_idx(1000);
+    let Rig { rxq, q, irq } = r;
+    let mut q = returns(move || {
+        let mut q = q;
+        assert!(!q.process_tx());
+        q
+    });
+    assert!(q.tx_health.is_broken());
+    assert!(q.needs_reset.is_raised());
+    assert_eq!(irq.config_changes(), 1);
+    assert_eq!(q.stats.broken_rings.load(Ordering::Relaxed), 1);
+    // Not served any more, even once the index looks sane again.
+    let mut rxq = rxq;
+    rxq.set_avail_idx(0);
+    rxq.add_chain(&[(0x10000, 100, false)]);
+    assert!(!q.process_tx());
+    assert_eq!(rxq.used_idx(), 0);
+    assert!(q.backend.sent.is_empty());
+    // RX: a frame waits, and the ring is broken too (index behind the device).
+    std::mem::swap(&mut q.rx, &mut q.tx);
+    let mut q = NetQueues::new(
+        q.mem.clone(),
+        rxq.queue(),
+        q.tx,
+        Fake::default(),
+        q.stats.clone(),
+        q.needs_reset.clone(),
+    );
+    q.backend.inbound.push_back(frame(100, 1));
+    rxq.set_avail_idx(0xffff);
+    let q = returns(move || {
+        let mut q = q;
+        assert!(!q.process_rx());
+        q
+    });
+    assert!(q.rx_health.is_broken());
+    assert_eq!(q.pending, Some(100), "the frame stays with the device");
+    assert_eq!(q.stats.broken_rings.load(Ordering::Relaxed), 2);
+    assert_eq!(irq.config_changes(), 1, "one request for a reset");
+}
+
+/// A port whose fd is an eventfd: frames come from and go to shared lists.
+#[derive(Clone)]
+struct FakePort {
+    evt: Arc<EventFd>,
+    sent: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+impl NetBackend for FakePort {
+    fn read_frame(&mut self, _buf: &mut [u8]) -> io::Result<usize> {
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+    fn write_frame(&mut self, frame: &[u8]) -> io::Result<()> {
+        self.sent.lock().unwrap().push(frame.to_vec());
+        Ok(())
+    }
+}
+
+impl AsRawFd for FakePort {
+    fn as_raw_fd(&self) -> std::os::unix::io::RawFd {
+        self.evt.as_raw_fd()
+    }
+}
+
+impl NetPort for FakePort {
+    fn clone_port(&self) -> io::Result<Self> {
+        Ok(self.clone())
+    }
+}
+
+/// The device as the transport drives it: `tq` is the transmit ring, the
+/// receive ring an empty one beside it. Returns the kick eventfds.
+fn activate(
+    dev: &mut VirtioNet<FakePort>,
+    tq: &TestQueue,
+    irq: &Arc<RecordingInterrupt>,
+) -> (NeedsReset, EventFd, EventFd) {
+    let mut rx = tq.queue();
+    rx.set_avail_ring_address(Some(0x5000), Some(0));
+    rx.set_used_ring_address(Some(0x6000), Some(0));
+    let rx_evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let tx_evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let needs_reset = NeedsReset::new(irq.clone());
+    dev.activate(ActivateContext {
+        mem: tq.memory(),
+        interrupt: irq.clone(),
+        queues: vec![(RX, rx), (TX, tq.queue())],
+        queue_evts: vec![rx_evt.try_clone().unwrap(), tx_evt.try_clone().unwrap()],
+        acked_features: features::VERSION_1,
+        needs_reset: needs_reset.clone(),
+    })
+    .unwrap();
+    (needs_reset, rx_evt, tx_evt)
+}
+
+#[test]
+fn a_broken_tx_ring_idles_the_worker_and_a_reset_brings_the_device_back() {
+    use crate::virtio::testing::{assert_idle, is_pending, wait_for, LeakOnPanic};
+    let port = FakePort {
+        evt: Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
+        sent: Default::default(),
+    };
+    let mut dev = LeakOnPanic::new(VirtioNet::on_port(port.clone(), [0x52, 0x54, 0, 0, 0, 1]));
+    let irq = Arc::new(RecordingInterrupt::default());
+    let mut tq = TestQueue::new(16);
+    let (needs_reset, _rx_evt, tx_evt) = activate(&mut dev, &tq, &irq);
+    let tid = dev.worker.as_ref().unwrap().tid();
+    tq.set_avail_idx(0x8000);
+    tx_evt.write(1).unwrap();
+    wait_for("DEVICE_NEEDS_RESET", || needs_reset.is_raised());
+    // A second kick is taken by the event loop (it is not stuck in the
+    // first), and the thread then blocks.
+    tx_evt.write(1).unwrap();
+    wait_for("the second kick is consumed", || !is_pending(&tx_evt));
+    assert_idle(tid, 20);
+    assert_eq!(irq.config_changes(), 1);
+    assert_eq!(dev.stats().broken_rings.load(Ordering::Relaxed), 1);
+    // The driver resets the device and sets the rings up again.
+    dev.reset();
+    tq.reinit();
+    let (needs_reset, _rx_evt, tx_evt) = activate(&mut dev, &tq, &irq);
+    let f = frame(200, 7);
+    tq.ram.write_slice(&f, GuestAddress(0x10000)).unwrap();
+    tq.add_chain(&[(0x10000, 200, false)]);
+    tx_evt.write(1).unwrap();
+    wait_for("the frame is sent", || tq.used_idx() == 1);
+    assert_eq!(*port.sent.lock().unwrap(), vec![f]);
+    assert!(!needs_reset.is_raised());
+    assert_eq!(dev.stats().broken_rings.load(Ordering::Relaxed), 1);
+    dev.reset();
 }

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{features, ActivateContext, GuestMemory, VirtioDevice, VirtioInterrupt};
+use super::{features, ActivateContext, GuestMemory, NeedsReset, VirtioDevice, VirtioInterrupt};
 use crate::interrupt::MsiInterruptGroup;
 use crate::pci::config::{PciConfiguration, PciIds};
 use crate::pci::msix::Msix;
@@ -135,6 +135,8 @@ pub struct VirtioPciDevice {
     status: u8,
     config_generation: u8,
     activated: bool,
+    /// The running device's reset request (set while activated).
+    device_needs_reset: Option<NeedsReset>,
     access_platform: bool,
 }
 
@@ -226,6 +228,7 @@ impl VirtioPciDevice {
             status: 0,
             config_generation: 0,
             activated: false,
+            device_needs_reset: None,
             access_platform: false,
         })
     }
@@ -247,9 +250,19 @@ impl VirtioPciDevice {
         self.device.avail_features() | ap
     }
 
-    /// The device status byte as the driver last saw it.
+    /// The device status byte as the driver reads it: what it wrote, plus
+    /// DEVICE_NEEDS_RESET when the transport or the running device found
+    /// an error only a reset clears.
     pub fn status(&self) -> u8 {
-        self.status
+        let device = self
+            .device_needs_reset
+            .as_ref()
+            .is_some_and(NeedsReset::is_raised);
+        if device {
+            self.status | status::NEEDS_RESET
+        } else {
+            self.status
+        }
     }
 
     fn msix_lock(&self) -> std::sync::MutexGuard<'_, Msix> {
@@ -258,9 +271,12 @@ impl VirtioPciDevice {
 
     fn reset(&mut self) {
         if self.activated {
+            // Stops the device's worker: nothing raises the old request
+            // after this.
             self.device.reset();
             self.activated = false;
         }
+        self.device_needs_reset = None;
         for q in &mut self.queues {
             q.reset();
         }
@@ -325,12 +341,13 @@ impl VirtioPciDevice {
             queues.push((i as u16, copy));
             evts.push(evt);
         }
-        let interrupt = Arc::new(PciInterrupt {
+        let interrupt: Arc<dyn VirtioInterrupt> = Arc::new(PciInterrupt {
             msix: self.msix.clone(),
             isr: self.isr.clone(),
             config_vector: self.config_vector.clone(),
             queue_vectors: self.queue_vectors.clone(),
         });
+        let needs_reset = NeedsReset::new(interrupt.clone());
         let mut mem = self.mem.clone();
         mem.set_iommu_enabled(
             self.access_platform && self.driver_features & features::ACCESS_PLATFORM != 0,
@@ -341,9 +358,13 @@ impl VirtioPciDevice {
             queues,
             queue_evts: evts,
             acked_features: self.driver_features,
+            needs_reset: needs_reset.clone(),
         };
         match self.device.activate(ctx) {
-            Ok(()) => self.activated = true,
+            Ok(()) => {
+                self.activated = true;
+                self.device_needs_reset = Some(needs_reset);
+            }
             Err(e) => {
                 tracing::error!("virtio device type {}: {e}", self.device.device_type());
                 self.needs_reset();
@@ -381,7 +402,7 @@ impl VirtioPciDevice {
             },
             (0x10, 2) => u64::from(self.config_vector.load(Ordering::SeqCst)),
             (0x12, 2) => self.queues.len() as u64,
-            (0x14, 1) => u64::from(self.status),
+            (0x14, 1) => u64::from(self.status()),
             (0x15, 1) => u64::from(self.config_generation),
             (0x16, 2) => u64::from(self.queue_select),
             (0x18, 2) => self.queues.get(q).map_or(0, |q| u64::from(q.size())),

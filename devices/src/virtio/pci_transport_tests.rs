@@ -16,6 +16,7 @@ struct Log {
 struct FakeDevice {
     log: Arc<Mutex<Log>>,
     interrupt: Arc<Mutex<Option<Arc<dyn VirtioInterrupt>>>>,
+    needs_reset: Arc<Mutex<Option<NeedsReset>>>,
 }
 
 impl VirtioDevice for FakeDevice {
@@ -45,6 +46,7 @@ impl VirtioDevice for FakeDevice {
             .activations
             .push((idx, ctx.acked_features));
         *self.interrupt.lock().unwrap() = Some(ctx.interrupt);
+        *self.needs_reset.lock().unwrap() = Some(ctx.needs_reset);
         Ok(())
     }
     fn reset(&mut self) {
@@ -57,6 +59,7 @@ struct Rig {
     log: Arc<Mutex<Log>>,
     msi: Arc<RecordingGroup>,
     interrupt: Arc<Mutex<Option<Arc<dyn VirtioInterrupt>>>>,
+    needs_reset: Arc<Mutex<Option<NeedsReset>>>,
 }
 
 fn rig() -> Rig {
@@ -64,9 +67,11 @@ fn rig() -> Rig {
     let mem = crate::dma::untranslated(ram);
     let log = Arc::new(Mutex::new(Log::default()));
     let interrupt = Arc::new(Mutex::new(None));
+    let needs_reset = Arc::new(Mutex::new(None));
     let fake = FakeDevice {
         log: log.clone(),
         interrupt: interrupt.clone(),
+        needs_reset: needs_reset.clone(),
     };
     let msi = RecordingGroup::new(3);
     let dev = VirtioPciDevice::new(Box::new(fake), mem, msi.clone(), 0x1_0000_0000).unwrap();
@@ -75,6 +80,7 @@ fn rig() -> Rig {
         log,
         msi,
         interrupt,
+        needs_reset,
     }
 }
 
@@ -280,4 +286,116 @@ fn garbage_bar_accesses_do_not_panic() {
             d.write_bar(0, off, &[0xff; 8][..len]);
         }
     }
+}
+
+#[test]
+fn a_device_reset_request_shows_needs_reset_until_the_driver_resets() {
+    let mut rg = rig();
+    let d = &mut rg.dev;
+    negotiate(d, features::VERSION_1);
+    setup_queue(d, 0, 0x10000, 0);
+    w(d, 0x10, 1, 2);
+    // Enable MSI-X and unmask the config vector (1).
+    let cap = d.msix_cap / 4;
+    d.write_config_register(cap, 3, &[0x80]);
+    w(d, 0x4000 + 16 + 8, 0x41, 4);
+    w(d, 0x4000 + 16 + 12, 0, 4);
+    w(d, 0x14, 0xf, 1);
+    let first = rg.needs_reset.lock().unwrap().clone().unwrap();
+    assert_eq!(r(d, 0x14, 1), 0xf);
+    // The device worker finds a broken ring.
+    assert!(first.raise());
+    assert!(!first.raise());
+    assert_eq!(r(d, 0x14, 1), 0xf | u64::from(status::NEEDS_RESET));
+    assert_eq!(d.status() & status::NEEDS_RESET, status::NEEDS_RESET);
+    assert_eq!(
+        *rg.msi.fired.lock().unwrap(),
+        vec![1],
+        "one config interrupt"
+    );
+    assert_eq!(r(d, 0x1000, 1), 2, "ISR: configuration change");
+    // The driver resets and initialises the device again.
+    w(d, 0x14, 0, 1);
+    assert_eq!(r(d, 0x14, 1), 0);
+    assert_eq!(rg.log.lock().unwrap().resets, 1);
+    negotiate(d, features::VERSION_1);
+    setup_queue(d, 0, 0x10000, 0);
+    w(d, 0x14, 0xf, 1);
+    assert_eq!(r(d, 0x14, 1), 0xf, "fresh activation, no reset request");
+    let second = rg.needs_reset.lock().unwrap().clone().unwrap();
+    assert!(!second.is_raised());
+    assert!(first.is_raised(), "the old handle is not the new one");
+    assert_eq!(rg.log.lock().unwrap().activations.len(), 2);
+}
+
+/// The whole path with a real device: virtio-blk behind the transport, a
+/// driver that publishes an index far ahead, the status byte the driver
+/// reads, the config interrupt, and a reset that brings the disk back.
+#[test]
+fn a_broken_ring_in_a_real_device_reaches_the_driver_as_needs_reset() {
+    use crate::virtio::block::VirtioBlock;
+    use crate::virtio::testing::{wait_for, LeakOnPanic, TestQueue};
+    use std::io::Write;
+    use vm_memory::Bytes;
+
+    let mut img = tempfile::NamedTempFile::new().unwrap();
+    img.write_all(&[0u8; 4096]).unwrap();
+    let disk = VirtioBlock::new(img.path(), false, "e2e").unwrap();
+    let stats = disk.stats();
+    let mut tq = TestQueue::new(16);
+    let msi = RecordingGroup::new(2);
+    let mut d = LeakOnPanic::new(
+        VirtioPciDevice::new(Box::new(disk), tq.memory(), msi.clone(), 0x1_0000_0000).unwrap(),
+    );
+    let cap = d.msix_cap / 4;
+    d.write_config_register(cap, 3, &[0x80]);
+    let init = |d: &mut VirtioPciDevice| {
+        w(d, 0x14, 0, 1);
+        w(d, 0x14, u64::from(status::ACKNOWLEDGE | status::DRIVER), 1);
+        w(d, 0x08, 1, 4);
+        w(d, 0x0c, 1, 4); // VERSION_1
+        w(d, 0x14, 0xb, 1);
+        w(d, 0x10, 1, 2);
+        w(d, 0x4000 + 16 + 8, 0x41, 4);
+        w(d, 0x4000 + 16 + 12, 0, 4);
+        w(d, 0x16, 0, 2);
+        w(d, 0x18, 16, 2);
+        w(d, 0x1a, 0, 2);
+        w(d, 0x20, 0, 4);
+        w(d, 0x28, 0x1000, 4);
+        w(d, 0x30, 0x2000, 4);
+        w(d, 0x1c, 1, 2);
+        w(d, 0x14, 0xf, 1);
+        assert_eq!(r(d, 0x14, 1), 0xf);
+    };
+    init(&mut d);
+    tq.set_avail_idx(999);
+    w(&mut d, 0x3000, 0, 2); // kick queue 0
+    wait_for("NEEDS_RESET in the status byte", || {
+        r(&mut d, 0x14, 1) as u8 & status::NEEDS_RESET != 0
+    });
+    assert_eq!(r(&mut d, 0x14, 1), 0xf | u64::from(status::NEEDS_RESET));
+    assert_eq!(*msi.fired.lock().unwrap(), vec![1], "config vector");
+    assert_eq!(r(&mut d, 0x1000, 1), 2, "ISR: configuration change");
+    assert_eq!(
+        stats
+            .broken_rings
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // The driver resets and initialises again: a GET_ID is answered.
+    tq.reinit();
+    init(&mut d);
+    tq.ram.write_obj(8u32, GuestAddress(0x10000)).unwrap();
+    tq.add_chain(&[
+        (0x10000, 16, false),
+        (0x20000, 20, true),
+        (0x30000, 1, true),
+    ]);
+    w(&mut d, 0x3000, 0, 2);
+    wait_for("the request is answered", || tq.used_idx() == 1);
+    let id: [u8; 3] = tq.ram.read_obj(GuestAddress(0x20000)).unwrap();
+    assert_eq!(&id, b"e2e");
+    assert_eq!(r(&mut d, 0x14, 1), 0xf);
+    w(&mut d, 0x14, 0, 1);
 }

@@ -32,6 +32,7 @@ impl MutEventSubscriber for KillSwitch {
 pub struct Worker {
     kill: EventFd,
     handle: Option<JoinHandle<()>>,
+    tid: i32,
 }
 
 impl Worker {
@@ -50,21 +51,34 @@ impl Worker {
             stop: stop.clone(),
         }));
         em.add_subscriber(Box::new(subscriber));
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
         let handle = std::thread::Builder::new()
             .name(name.to_string())
-            .spawn(move || loop {
-                if let Err(e) = em.run() {
-                    tracing::error!("worker: event loop failed: {e:?}");
-                    return;
-                }
-                if *stop.lock().unwrap_or_else(|e| e.into_inner()) {
-                    return;
+            .spawn(move || {
+                // SAFETY: gettid has no preconditions and cannot fail.
+                let _ = tid_tx.send(unsafe { libc::gettid() });
+                loop {
+                    if let Err(e) = em.run() {
+                        tracing::error!("worker: event loop failed: {e:?}");
+                        return;
+                    }
+                    if *stop.lock().unwrap_or_else(|e| e.into_inner()) {
+                        return;
+                    }
                 }
             })?;
+        let tid = tid_rx.recv().unwrap_or(0);
         Ok(Worker {
             kill,
             handle: Some(handle),
+            tid,
         })
+    }
+
+    /// The kernel thread id of the worker thread (for diagnostics and
+    /// tests that look at the thread in `/proc`).
+    pub fn tid(&self) -> i32 {
+        self.tid
     }
 
     /// Stops the thread and waits for it. Idempotent.
@@ -131,14 +145,19 @@ mod tests {
             assert!(t.elapsed() < Duration::from_secs(5), "event not dispatched");
             std::thread::sleep(Duration::from_millis(1));
         }
+        assert_eq!(Arc::strong_count(&seen), 2, "the subscriber is alive");
         w.stop();
         w.stop();
-        evt.write(1).unwrap();
-        std::thread::sleep(Duration::from_millis(20));
+        // The acknowledgement that nothing can count later events: the
+        // thread was joined and dropped its event manager, subscriber and
+        // all (no sleep-and-hope).
         assert_eq!(
-            seen.load(Ordering::SeqCst),
-            3,
-            "stopped worker ignores events"
+            Arc::strong_count(&seen),
+            1,
+            "the stopped worker dropped its subscriber"
         );
+        evt.write(1).unwrap();
+        assert_eq!(seen.load(Ordering::SeqCst), 3);
+        assert_ne!(w.tid(), 0);
     }
 }
