@@ -153,8 +153,8 @@ impl DmaTranslate for EndpointTranslation {
 /// One descriptor of a request chain.
 #[derive(Clone, Copy)]
 pub(crate) struct Seg {
-    addr: u64,
-    len: u32,
+    pub(crate) addr: u64,
+    pub(crate) len: u32,
 }
 
 /// Writes `data` at byte `offset` of the writable area `segs`.

@@ -10,6 +10,8 @@
 #![deny(missing_docs)]
 
 pub mod backend;
+#[cfg(feature = "bench")]
+pub mod bench;
 pub mod device;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
