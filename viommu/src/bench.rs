@@ -234,8 +234,7 @@ mod tests {
         };
         let a = place(q.ram(), 0x10000, &attach).unwrap();
         let m = place(q.ram(), 0x10040, &map).unwrap();
-        let mem = devices::dma::untranslated(q.ram().clone());
-        assert_eq!(handle(&s, &mem, &a), p::TAIL_LEN as u32);
+        assert_eq!(handle(&s, q.ram(), &a), p::TAIL_LEN as u32);
         assert_eq!(status(q.ram(), &a), Some(p::status::OK));
         q.publish(&m);
         q.publish(&m);
