@@ -16,6 +16,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
 
 use crate::device::{handle_request, IommuState, IommuWorker, Seg};
 use crate::protocol::{self as p, Request};
+use crate::stats::PassClock;
 
 /// A request the driver placed in guest memory: `len` bytes at `addr`,
 /// the last [`p::TAIL_LEN`] of them device-writable.
@@ -113,16 +114,23 @@ pub fn place<M: Bytes<GuestAddress, E = GuestMemoryError>>(
 }
 
 /// Handles `req` as the worker handles a popped chain of its two
-/// descriptors; returns the used length.
+/// descriptors, as the only request of its pass (the pass's clock is
+/// started and read once more at the end), counters included; returns
+/// the used length.
 pub fn handle<M: Bytes<GuestAddress>>(state: &IommuState, mem: &M, req: &PlacedRequest) -> u32 {
     let (ra, rl) = req.readable();
     let (wa, wl) = req.writable();
-    handle_request(
+    let mut clock = PassClock::start();
+    let mut done = None;
+    let len = handle_request(
         state,
         mem,
         &[Seg { addr: ra, len: rl }],
         &[Seg { addr: wa, len: wl }],
-    )
+        &mut done,
+    );
+    clock.complete(&state.stats, done);
+    len
 }
 
 /// The status the device wrote in `req`'s tail.

@@ -4,7 +4,6 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
 
 use devices::dma::{DmaMapping, DmaTranslate};
 use devices::virtio::worker::{watch, Worker};
@@ -20,7 +19,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::poll::PollConfig;
 use crate::protocol::{self as p, status, Request};
-use crate::stats::Stats;
+use crate::stats::{Completed, PassClock, Stats};
 use crate::tables::{FaultReason, Tables};
 
 /// Size of the PROBE property buffer offered in the config space.
@@ -188,12 +187,14 @@ fn write_area<M: Bytes<GuestAddress>>(mem: &M, segs: &[Seg], offset: u64, data: 
 
 /// Handles one request chain given as its readable and writable
 /// descriptors. Returns the used length (0 when no status could be
-/// written).
+/// written); `done` receives what a decoded request did, for the
+/// counters the caller records once the chain is used.
 pub(crate) fn handle_request<M: Bytes<GuestAddress>>(
     state: &IommuState,
     mem: &M,
     readable: &[Seg],
     writable: &[Seg],
+    done: &mut Option<Completed>,
 ) -> u32 {
     let stats = &state.stats;
     let wlen: u64 = writable.iter().map(|s| u64::from(s.len)).sum();
@@ -218,7 +219,6 @@ pub(crate) fn handle_request<M: Bytes<GuestAddress>>(
         }
         got += n;
     }
-    let start = Instant::now();
     let mut probe_len = 0u64;
     let (kind, st, bytes) = if fault {
         stats.malformed.fetch_add(1, Ordering::Relaxed);
@@ -256,8 +256,12 @@ pub(crate) fn handle_request<M: Bytes<GuestAddress>>(
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .mapped_bytes();
-        let nanos = start.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
-        stats.record(k, st, bytes, mapped, nanos);
+        *done = Some(Completed {
+            kind: k,
+            status: st,
+            bytes,
+            mapped_now: mapped,
+        });
     }
     (probe_len + p::TAIL_LEN as u64) as u32
 }
@@ -403,10 +407,10 @@ impl IommuWorker {
         // No allocation, lock or clock read when the ring is empty (the
         // poll loop calls this continuously).
         let stats = &*self.state.stats;
-        let mut seen = None;
+        let mut clock = None;
         let mut n = 0;
         while let Some(chain) = self.req.pop_descriptor_chain(&self.mem) {
-            let seen = *seen.get_or_insert_with(Instant::now);
+            let clock = clock.get_or_insert_with(PassClock::start);
             let head = chain.head_index();
             self.readable.clear();
             self.writable.clear();
@@ -424,12 +428,19 @@ impl IommuWorker {
                     stats.malformed.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            let len = handle_request(&self.state, &self.mem, &self.readable, &self.writable);
+            let mut done = None;
+            let len = handle_request(
+                &self.state,
+                &self.mem,
+                &self.readable,
+                &self.writable,
+                &mut done,
+            );
             if self.req.add_used(&self.mem, head, len).is_err() {
                 stats.malformed.fetch_add(1, Ordering::Relaxed);
                 break;
             }
-            stats.record_response(seen.elapsed().as_nanos() as u64);
+            clock.complete(stats, done);
             n += 1;
         }
         if polled && n > 0 {

@@ -2,6 +2,7 @@ use super::*;
 use devices::dma::DmaIotlb;
 use devices::virtio::testing::{NoInterrupt, TestQueue};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 fn state() -> Arc<IommuState> {
     let mut t = Tables::new(crate::tables::Limits::default(), None);
