@@ -220,6 +220,7 @@ pub(crate) fn handle_request<M: Bytes<GuestAddress>>(
         got += n;
     }
     let mut probe_len = 0u64;
+    let mut mapped = None;
     let (kind, st, bytes) = if fault {
         stats.malformed.fetch_add(1, Ordering::Relaxed);
         (None, status::FAULT, 0)
@@ -240,7 +241,8 @@ pub(crate) fn handle_request<M: Bytes<GuestAddress>>(
                 (None, status::DEVERR, 0)
             }
             (Some(_), Some(req)) => {
-                let (st, bytes) = execute(state, mem, req, writable, wlen, &mut probe_len);
+                let (st, bytes) =
+                    execute(state, mem, req, writable, wlen, &mut probe_len, &mut mapped);
                 (Some(req.kind()), st, bytes)
             }
         }
@@ -251,11 +253,14 @@ pub(crate) fn handle_request<M: Bytes<GuestAddress>>(
         return 0;
     }
     if let Some(k) = kind {
-        let mapped = state
-            .tables
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .mapped_bytes();
+        // Read under the request's own write lock, except for PROBE.
+        let mapped = mapped.unwrap_or_else(|| {
+            state
+                .tables
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .mapped_bytes()
+        });
         *done = Some(Completed {
             kind: k,
             status: st,
@@ -273,6 +278,7 @@ fn execute<M: Bytes<GuestAddress>>(
     writable: &[Seg],
     wlen: u64,
     probe_len: &mut u64,
+    mapped: &mut Option<u64>,
 ) -> (u8, u64) {
     let mut t = state.tables();
     let o = match req {
@@ -313,6 +319,7 @@ fn execute<M: Bytes<GuestAddress>>(
             return (status::OK, 0);
         }
     };
+    *mapped = Some(t.mapped_bytes());
     (o.status, o.bytes)
 }
 
