@@ -4,7 +4,6 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
 
 use devices::dma::{DmaMapping, DmaTranslate};
 use devices::virtio::ring::{self, QueueHealth, RingError};
@@ -15,14 +14,14 @@ use devices::virtio::{
 };
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, Permissions};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, Permissions};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::host_sync::HostSync;
 use crate::poll::PollConfig;
 use crate::protocol::{self as p, status, Request};
-use crate::stats::Stats;
+use crate::stats::{Completed, PassClock, Stats};
 use crate::tables::{FaultReason, Tables};
 
 /// Size of the PROBE property buffer offered in the config space.
@@ -162,8 +161,8 @@ impl DmaTranslate for EndpointTranslation {
 /// One descriptor of a request chain.
 #[derive(Clone, Copy)]
 pub(crate) struct Seg {
-    addr: u64,
-    len: u32,
+    pub(crate) addr: u64,
+    pub(crate) len: u32,
 }
 
 /// Writes `data` at byte `offset` of the writable area `segs`.
@@ -197,12 +196,14 @@ fn write_area<M: Bytes<GuestAddress>>(mem: &M, segs: &[Seg], offset: u64, data: 
 
 /// Handles one request chain given as its readable and writable
 /// descriptors. Returns the used length (0 when no status could be
-/// written).
+/// written); `done` receives what a decoded request did, for the
+/// counters the caller records once the chain is used.
 pub(crate) fn handle_request<M: Bytes<GuestAddress>>(
     state: &IommuState,
     mem: &M,
     readable: &[Seg],
     writable: &[Seg],
+    done: &mut Option<Completed>,
 ) -> u32 {
     let stats = &state.stats;
     let wlen: u64 = writable.iter().map(|s| u64::from(s.len)).sum();
@@ -227,9 +228,9 @@ pub(crate) fn handle_request<M: Bytes<GuestAddress>>(
         }
         got += n;
     }
-    let start = Instant::now();
     let mut probe_len = 0u64;
     // Statuses and unwritten returns per virtio 1.2, 5.13.6.
+    let mut mapped = None;
     let (kind, st, bytes) = if fault {
         stats.malformed.fetch_add(1, Ordering::Relaxed);
         (None, status::FAULT, 0)
@@ -256,7 +257,8 @@ pub(crate) fn handle_request<M: Bytes<GuestAddress>>(
                 (Some(req.kind()), status::INVAL, 0)
             }
             (Some(_), Some(req)) => {
-                let (st, bytes) = execute(state, mem, req, writable, wlen, &mut probe_len);
+                let (st, bytes) =
+                    execute(state, mem, req, writable, wlen, &mut probe_len, &mut mapped);
                 (Some(req.kind()), st, bytes)
             }
         }
@@ -267,13 +269,20 @@ pub(crate) fn handle_request<M: Bytes<GuestAddress>>(
         return 0;
     }
     if let Some(k) = kind {
-        let mapped = state
-            .tables
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .mapped_bytes();
-        let nanos = start.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
-        stats.record(k, st, bytes, mapped, nanos);
+        // Read under the request's own write lock, except for PROBE.
+        let mapped = mapped.unwrap_or_else(|| {
+            state
+                .tables
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .mapped_bytes()
+        });
+        *done = Some(Completed {
+            kind: k,
+            status: st,
+            bytes,
+            mapped_now: mapped,
+        });
     }
     (probe_len + p::TAIL_LEN as u64) as u32
 }
@@ -285,6 +294,7 @@ fn execute<M: Bytes<GuestAddress>>(
     writable: &[Seg],
     wlen: u64,
     probe_len: &mut u64,
+    mapped: &mut Option<u64>,
 ) -> (u8, u64) {
     // Host calls are ordered (crate::host_sync); work a vCPU deferred is
     // done before this request is answered.
@@ -345,13 +355,24 @@ fn execute<M: Bytes<GuestAddress>>(
             o.status = status::DEVERR;
         }
     }
+    *mapped = Some(t.mapped_bytes());
     (o.status, o.bytes)
+}
+
+/// The guest RAM behind a device's memory when translation is off. The
+/// virtio-iommu is never behind an IOMMU (its rings and requests are
+/// guest-physical), so its worker accesses RAM directly: through the
+/// disabled translation layer of [`GuestMemory`] the ring and request
+/// accesses cost about twice as many instructions (docs/performance.md).
+fn untranslated_ram(mem: &GuestMemory) -> Option<GuestMemoryMmap> {
+    (!mem.get_iommu_enabled()).then(|| mem.get_backend().clone())
 }
 
 /// Serves the request and event queues.
 pub(crate) struct IommuWorker {
     pub(crate) state: Arc<IommuState>,
-    pub(crate) mem: GuestMemory,
+    /// Guest RAM (see [`untranslated_ram`]).
+    pub(crate) mem: GuestMemoryMmap,
     pub(crate) req: Queue,
     req_evt: EventFd,
     event: Option<(Queue, EventFd)>,
@@ -391,6 +412,7 @@ impl IommuWorker {
         req: Queue,
         interrupt: Arc<dyn VirtioInterrupt>,
     ) -> std::io::Result<Self> {
+        let mem = untranslated_ram(&mem).ok_or(std::io::ErrorKind::InvalidInput)?;
         Ok(IommuWorker {
             state,
             mem,
@@ -460,7 +482,7 @@ impl IommuWorker {
         // No allocation, lock or clock read when the ring is empty (the
         // poll loop calls this continuously).
         let stats = &*self.state.stats;
-        let mut seen = None;
+        let mut clock = None;
         let mut n = 0;
         while !self.req_health.is_broken() {
             let chain = match ring::pop_chain(&mut self.req, &self.mem) {
@@ -471,7 +493,7 @@ impl IommuWorker {
                     break;
                 }
             };
-            let seen = *seen.get_or_insert_with(Instant::now);
+            let clock = clock.get_or_insert_with(PassClock::start);
             let head = chain.head_index();
             self.readable.clear();
             self.writable.clear();
@@ -489,12 +511,19 @@ impl IommuWorker {
                     stats.malformed.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            let len = handle_request(&self.state, &self.mem, &self.readable, &self.writable);
+            let mut done = None;
+            let len = handle_request(
+                &self.state,
+                &self.mem,
+                &self.readable,
+                &self.writable,
+                &mut done,
+            );
             if let Err(e) = ring::add_used(&mut self.req, &self.mem, head, len) {
                 ring_broken(&mut self.req_health, e, &self.needs_reset, stats);
                 break;
             }
-            stats.record_response(seen.elapsed().as_nanos() as u64);
+            clock.complete(stats, done);
             n += 1;
         }
         if polled && n > 0 {
@@ -718,9 +747,14 @@ impl VirtioDevice for VirtioIommu {
         let Some((req, req_evt)) = req else {
             return Err(ActivateError::BadConfig("request queue not enabled".into()));
         };
+        let Some(mem) = untranslated_ram(&ctx.mem) else {
+            return Err(ActivateError::BadConfig(
+                "the virtio-iommu cannot be behind an IOMMU".into(),
+            ));
+        };
         let w = IommuWorker {
             state: self.state.clone(),
-            mem: ctx.mem,
+            mem,
             req,
             req_evt,
             event,

@@ -2,6 +2,7 @@ use super::*;
 use devices::dma::DmaIotlb;
 use devices::virtio::testing::{NoInterrupt, TestQueue};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 fn state() -> Arc<IommuState> {
     let mut t = Tables::new(crate::tables::Limits::default(), None);
@@ -169,7 +170,7 @@ fn emulated_dma_follows_the_tables_and_faults_become_events() {
     evq.add_chain(&[(0x40000, 24, true)]);
     let mut w = worker(&s, &tq);
     w.event = Some((evq.queue(), EventFd::new(0).unwrap()));
-    w.mem = evq.memory();
+    w.mem = evq.ram.clone();
     assert!(w.deliver_faults());
     assert_eq!(evq.used(0).1, 24);
     let ev: [u8; 24] = evq.ram.read_obj(GuestAddress(0x40000)).unwrap();

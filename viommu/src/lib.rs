@@ -11,6 +11,8 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod backend;
+#[cfg(feature = "bench")]
+pub mod bench;
 pub mod device;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;

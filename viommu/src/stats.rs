@@ -12,6 +12,10 @@ use crate::protocol::{status, KIND_NAMES};
 use crate::tables::GRANULE;
 
 /// Request counters, mapping sizes, faults and per-type handling time.
+///
+/// The worker updates it once per request with [`PassClock::complete`]:
+/// one clock read, relaxed atomic counters, and one uncontended lock for
+/// both histograms it feeds.
 pub struct Stats {
     /// Requests handled, by type ([`crate::protocol::Request::kind`]).
     pub requests: [AtomicU64; 5],
@@ -43,15 +47,73 @@ pub struct Stats {
     /// Queues the driver broke (`devices::virtio::ring`): each stopped
     /// being served until the device is reset.
     pub broken_rings: AtomicU64,
-    latency: [Mutex<Histogram<u64>>; 5],
     /// Request-queue polling ([`crate::poll`]).
     pub poll: PollStats,
-    /// Time from the device seeing a request (wake-up or poll) to its
-    /// completion being visible to the guest.
-    response: Mutex<Histogram<u64>>,
+    histograms: Mutex<Histograms>,
     created: Instant,
     /// Host backend failures, counted by the tables.
     pub host: Arc<HostErrors>,
+}
+
+/// The latency histograms, under one lock (the worker updates two of them
+/// per request).
+struct Histograms {
+    /// Device time per request, by type: from the previous request's used
+    /// entry in the same pass (or the pass seeing its first request) to
+    /// this one's.
+    latency: [Histogram<u64>; 5],
+    /// Time from the device seeing a request (wake-up or poll) to its
+    /// completion being visible to the guest.
+    response: Histogram<u64>,
+}
+
+/// What a decoded request did, for the counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Completed {
+    /// Request type ([`crate::protocol::Request::kind`]).
+    pub kind: usize,
+    /// Status answered.
+    pub status: u8,
+    /// Bytes it mapped (MAP) or unmapped (others).
+    pub bytes: u64,
+    /// Bytes mapped after it.
+    pub mapped_now: u64,
+}
+
+/// The clock of one pass over the request queue, read once per request
+/// when its used entry has been published: that reading ends this
+/// request's handling time and starts the next one's. The response time
+/// (since the pass saw its first request) is the sum of the handling
+/// times so far, so each reading costs one subtraction.
+#[derive(Clone, Copy, Debug)]
+pub struct PassClock {
+    last: Instant,
+    since_seen: u64,
+}
+
+fn nanos(from: Instant, to: Instant) -> u64 {
+    u64::try_from(to.saturating_duration_since(from).as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl PassClock {
+    /// Starts the clock when the pass sees its first request.
+    pub fn start() -> Self {
+        PassClock {
+            last: Instant::now(),
+            since_seen: 0,
+        }
+    }
+
+    /// Records one chain whose completion the guest can see now: `done`
+    /// for a decoded request, `None` for a malformed one (only its
+    /// response time is recorded).
+    pub fn complete(&mut self, stats: &Stats, done: Option<Completed>) {
+        let now = Instant::now();
+        let handling = nanos(self.last, now);
+        self.last = now;
+        self.since_seen = self.since_seen.saturating_add(handling);
+        stats.record_completion(done, handling, self.since_seen);
+    }
 }
 
 /// Counters of request-queue polling.
@@ -84,9 +146,9 @@ fn histogram_json(h: &Histogram<u64>) -> Value {
     })
 }
 
-fn histogram() -> Mutex<Histogram<u64>> {
+fn histogram() -> Histogram<u64> {
     // 1 ns .. 60 s, 3 significant digits.
-    Mutex::new(Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds"))
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds")
 }
 
 impl Default for Stats {
@@ -106,15 +168,17 @@ impl Default for Stats {
             fault_events: AtomicU64::new(0),
             fault_events_dropped: AtomicU64::new(0),
             broken_rings: AtomicU64::new(0),
-            latency: [
-                histogram(),
-                histogram(),
-                histogram(),
-                histogram(),
-                histogram(),
-            ],
             poll: PollStats::default(),
-            response: histogram(),
+            histograms: Mutex::new(Histograms {
+                latency: [
+                    histogram(),
+                    histogram(),
+                    histogram(),
+                    histogram(),
+                    histogram(),
+                ],
+                response: histogram(),
+            }),
             created: Instant::now(),
             host: Arc::default(),
         }
@@ -133,30 +197,60 @@ impl Stats {
     /// mapped (MAP) or unmapped (others), the bytes mapped afterwards, and
     /// its handling time.
     pub fn record(&self, kind: usize, st: u8, bytes: u64, mapped_now: u64, nanos: u64) {
+        if self.count(kind, st, bytes, mapped_now) {
+            self.histograms().latency[kind].saturating_record(nanos.max(1));
+        }
+    }
+
+    /// Records the response time of one request (see [`Stats`]).
+    pub fn record_response(&self, nanos: u64) {
+        self.histograms().response.saturating_record(nanos.max(1));
+    }
+
+    /// Records one completed chain (see [`PassClock::complete`]): the
+    /// counters and handling time of `done` if it was decoded, and the
+    /// response time, under one lock.
+    pub fn record_completion(&self, done: Option<Completed>, handling: u64, response: u64) {
+        let kind = done
+            .filter(|d| self.count(d.kind, d.status, d.bytes, d.mapped_now))
+            .map(|d| d.kind);
+        let mut h = self.histograms();
+        if let Some(k) = kind {
+            h.latency[k].saturating_record(handling.max(1));
+        }
+        h.response.saturating_record(response.max(1));
+    }
+
+    /// The counters of one request; false for an unknown `kind`.
+    fn count(&self, kind: usize, st: u8, bytes: u64, mapped_now: u64) -> bool {
         let Some(r) = self.requests.get(kind) else {
-            return;
+            return false;
         };
         r.fetch_add(1, Ordering::Relaxed);
         if st != status::OK {
             self.failed[kind].fetch_add(1, Ordering::Relaxed);
         }
         let pages = bytes / GRANULE;
-        if kind == 2 {
-            self.pages_mapped.fetch_add(pages, Ordering::Relaxed);
-        } else {
-            self.pages_unmapped.fetch_add(pages, Ordering::Relaxed);
+        if pages > 0 {
+            let c = if kind == 2 {
+                &self.pages_mapped
+            } else {
+                &self.pages_unmapped
+            };
+            c.fetch_add(pages, Ordering::Relaxed);
         }
         self.mapped_bytes.store(mapped_now, Ordering::Relaxed);
-        self.peak_mapped_bytes
-            .fetch_max(mapped_now, Ordering::Relaxed);
-        let mut h = self.latency[kind].lock().unwrap_or_else(|e| e.into_inner());
-        h.saturating_record(nanos.max(1));
+        // Only the worker raises the peak: a plain check first saves the
+        // read-modify-write in the common case.
+        if mapped_now > self.peak_mapped_bytes.load(Ordering::Relaxed) {
+            self.peak_mapped_bytes
+                .fetch_max(mapped_now, Ordering::Relaxed);
+        }
+        true
     }
 
-    /// Records the response time of one request (see [`Stats`]).
-    pub fn record_response(&self, nanos: u64) {
-        let mut h = self.response.lock().unwrap_or_else(|e| e.into_inner());
-        h.saturating_record(nanos.max(1));
+    fn histograms(&self) -> std::sync::MutexGuard<'_, Histograms> {
+        self.histograms.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn poll_json(&self) -> Value {
@@ -165,7 +259,7 @@ impl Stats {
         let polled = get(&self.poll.polled_requests);
         let cpu = get(&self.poll.cpu_ns);
         let age = self.created.elapsed().as_nanos().max(1) as f64;
-        let response = histogram_json(&self.response.lock().unwrap_or_else(|e| e.into_inner()));
+        let response = histogram_json(&self.histograms().response);
         json!({
             "polled_requests": polled,
             "notified_requests": total.saturating_sub(polled),
@@ -185,12 +279,13 @@ impl Stats {
         let mut requests = serde_json::Map::new();
         let mut failed = serde_json::Map::new();
         let mut latency = serde_json::Map::new();
+        let h = self.histograms();
         for (i, name) in KIND_NAMES.iter().enumerate() {
             requests.insert(name.to_string(), json!(get(&self.requests[i])));
             failed.insert(name.to_string(), json!(get(&self.failed[i])));
-            let h = self.latency[i].lock().unwrap_or_else(|e| e.into_inner());
-            latency.insert(name.to_string(), histogram_json(&h));
+            latency.insert(name.to_string(), histogram_json(&h.latency[i]));
         }
+        drop(h);
         json!({
             "requests": requests,
             "failed": failed,
@@ -235,6 +330,41 @@ mod tests {
         assert!(j["latency"]["map"]["p50_ns"].as_u64().unwrap() >= 499);
         s.record(9, status::OK, 0, 0, 1);
         assert_eq!(j["poll"]["notified_requests"], 3);
+    }
+
+    #[test]
+    fn a_pass_clock_records_each_chain_once() {
+        let s = Stats::default();
+        let mut clock = PassClock::start();
+        let map = Completed {
+            kind: 2,
+            status: status::OK,
+            bytes: 0x2000,
+            mapped_now: 0x2000,
+        };
+        clock.complete(&s, Some(map));
+        clock.complete(&s, None);
+        clock.complete(
+            &s,
+            Some(Completed {
+                kind: 3,
+                status: status::OK,
+                bytes: 0x2000,
+                mapped_now: 0,
+            }),
+        );
+        let j = s.to_json();
+        assert_eq!(j["requests"]["map"], 1);
+        assert_eq!(j["requests"]["unmap"], 1);
+        assert_eq!(j["pages_mapped"], 2);
+        assert_eq!(j["pages_unmapped"], 2);
+        assert_eq!(j["mapped_bytes"], 0);
+        assert_eq!(j["peak_mapped_bytes"], 0x2000);
+        assert_eq!(j["latency"]["map"]["count"], 1);
+        assert_eq!(j["latency"]["unmap"]["count"], 1);
+        // The malformed chain has a response time but no request type.
+        assert_eq!(j["poll"]["response"]["count"], 3);
+        assert_eq!(j["poll"]["notified_requests"], 2);
     }
 
     #[test]

@@ -169,6 +169,8 @@ pub struct Tables {
     /// Bumped by every deferring change, so host work planned before one
     /// is redone.
     host_gen: u64,
+    /// UNMAP's list of removed mappings, kept so a request allocates nothing.
+    victims: Vec<(u64, u64)>,
 }
 
 /// The parts of `[start, last]` outside the inclusive `window`, as
@@ -216,6 +218,7 @@ impl Tables {
             errors: Arc::new(HostErrors::default()),
             host_pending: false,
             host_gen: 0,
+            victims: Vec::new(),
         }
     }
 
@@ -571,13 +574,26 @@ impl Tables {
     /// and the domain is fenced; an UNMAP in a fenced domain retries the
     /// residue in its range.
     pub fn unmap(&mut self, domain: u32, virt_start: u64, virt_end: u64) -> Outcome {
+        let mut victims = std::mem::take(&mut self.victims);
+        victims.clear();
+        let o = self.unmap_into(domain, virt_start, virt_end, &mut victims);
+        self.victims = victims;
+        o
+    }
+
+    fn unmap_into(
+        &mut self,
+        domain: u32,
+        virt_start: u64,
+        virt_end: u64,
+        victims: &mut Vec<(u64, u64)>,
+    ) -> Outcome {
         let Some(dom) = self.domains.get(&domain) else {
             return Outcome::status(status::NOENT);
         };
         if dom.bypass || virt_end < virt_start {
             return Outcome::status(status::INVAL);
         }
-        let mut victims = Vec::new();
         // A mapping starting before the range may reach into it.
         if let Some((_, m)) = dom.mappings.range(..virt_start).next_back() {
             if m.end >= virt_start {
@@ -592,20 +608,21 @@ impl Tables {
         }
         let fenced = dom.fenced;
         let hw = !fenced && self.domain_has_hardware(dom);
-        let eps: Vec<u32> = dom.endpoints.iter().copied().collect();
         if let Some(dom) = self.domains.get_mut(&domain) {
-            for (s, _) in &victims {
+            for (s, _) in victims.iter() {
                 dom.mappings.remove(s);
             }
         }
-        for ep in eps {
-            for &(s, e) in &victims {
-                self.invalidate(ep, Some((s, e)));
+        if let Some(dom) = self.domains.get(&domain) {
+            for &ep in &dom.endpoints {
+                for &(s, e) in victims.iter() {
+                    self.invalidate(ep, Some((s, e)));
+                }
             }
         }
         let mut freed = 0;
         let mut ok = true;
-        for &(s, e) in &victims {
+        for &(s, e) in victims.iter() {
             freed += e - s + 1;
             if hw {
                 ok &= self.host_unmap(s, e, "unmap");
