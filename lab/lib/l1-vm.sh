@@ -2,8 +2,14 @@
 # marks, panics, the overall limit, and the per-phase progress limits of
 # the stall detector (lab/README.md, "Stalls").
 
-# L1's uptime in whole seconds.
-up() { cut -d. -f1 /proc/uptime; }
+# L1's uptime in whole seconds (no fork: the watchdog runs it often).
+up() { local u r; read -r u r < /proc/uptime; echo "${u%.*}"; }
+# The packets of interface $1 into PK (no fork).
+packets() {
+  local rx=0 tx=0
+  [ -n "$1" ] && [ -e "/sys/class/net/$1" ] && { read -r rx < /sys/class/net/$1/statistics/rx_packets; read -r tx < /sys/class/net/$1/statistics/tx_packets; }
+  PK=$((rx + tx))
+}
 
 # vm_dump PID: what a hung or stalled L2 needs for a diagnosis, on L1's
 # console: the VMM's threads (state, kernel wait channel, user/system
@@ -46,7 +52,7 @@ stall() {
 #   overall   VMM start -> VMM exit                    lab.l2_timeout s
 # A heartbeat line every 60 s tells the host's detector that L1 lives.
 watch_l2() {
-  local pid=$1 disk=$2 seen=" " m n=0 now start since last beat phase=boot sig psig="" lastmark=none
+  local pid=$1 disk=$2 seen=" " m n=0 now start since last beat phase=boot ppk=-1 lastmark=none
   local lboot lwork ldown t
   lboot=$(arg stall_boot); lboot=${lboot:-300}
   lwork=$(arg stall_work); lwork=${lwork:-300}
@@ -54,6 +60,8 @@ watch_l2() {
   t=$(arg l2_timeout); t=${t:-600}
   VM_PID=$pid
   : > /tmp/samples.txt
+  # Progress references: L2's console or disk is newer than these after a write.
+  echo > /tmp/l2.seen; echo > /tmp/disk.seen
   start=$(up); since=$start; last=$start; beat=$start
   echo "LAB-L1 phase boot (VMM started; limit ${lboot}s to \"LAB-L2 up\")"
   while kill -0 "$pid" 2>/dev/null; do
@@ -87,9 +95,11 @@ watch_l2() {
             phase=shutdown; since=$now
             echo "LAB-L1 phase shutdown (workload done after $((now - start))s; limit ${ldown}s to the VMM's exit)"
           else
-            sig="$(wc -c < /tmp/l2.log 2>/dev/null) $(if_packets "$SAMPLE_IF") $(stat -c %Y "${disk:-/nonexistent}" 2>/dev/null)"
-            if [ "$sig" != "$psig" ]; then
-              psig=$sig; last=$now
+            # Progress: L2's console or disk written, or packets moved
+            # (tests and reads without forks: this runs every second).
+            packets "$SAMPLE_IF"
+            if [ /tmp/l2.log -nt /tmp/l2.seen ] || { [ -n "$disk" ] && [ "$disk" -nt /tmp/disk.seen ]; } || [ "$PK" != "$ppk" ]; then
+              echo > /tmp/l2.seen; echo > /tmp/disk.seen; ppk=$PK; last=$now
             elif [ $((now - last)) -ge "$lwork" ]; then
               stall work "no progress for ${lwork}s (no L2 console output, packet or disk write; last L2 mark: $lastmark)"; return
             fi
