@@ -14,7 +14,8 @@ lab_packages() {
   local need=()
   # redis-tools: redis-benchmark for L1 and the server binary for L2
   # (redis-check-rdb is redis-server under another name; no service).
-  for p in qemu-system-x86 busybox-static cpio xz-utils zstd iproute2 gzip coreutils redis-tools; do
+  # jq: the one JSON reader, here (result.json) and in L1 (iovmm's stats).
+  for p in qemu-system-x86 busybox-static cpio xz-utils zstd iproute2 gzip coreutils redis-tools jq; do
     dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
   done
   if [ ${#need[@]} -gt 0 ]; then
@@ -67,11 +68,11 @@ lab_cpio() {
 }
 
 L1_MODULES="irqbypass kvm ccp kvm-amd netfs 9pnet 9pnet_virtio 9p tun vfio vfio_iommu_type1 vfio-pci-core vfio-pci e1000e"
-L2_MODULES="virtio-iommu failover net_failover virtio_net virtio_blk e1000e"
 
-# Builds the L1 image (generic) and the L2 image of scenario $1.
+# Builds the L1 image (generic) and the L2 image of the resolved scenario
+# (lab/lib/table.sh: S_base, S_l2_modules, S_l2_files, S_l2_bins).
 lab_images() {
-  local key l1 l2
+  local key l1 l2 m
   key=$(cat "$LAB_DIR"/lib/* | sha256sum | cut -c1-12)
   l1="$LAB_CACHE/l1-$KPKG-$key.cpio.gz"
   if [ ! -f "$l1" ]; then
@@ -82,18 +83,23 @@ lab_images() {
     lab_cpio "$LAB_CACHE/l1root" "$l1"
   fi
   L1_IMAGE=$l1
-  key=$(cat "$LAB_DIR"/lib/* "$LAB_DIR/scenarios/$1"/* | sha256sum | cut -c1-12)
-  l2="$LAB_CACHE/l2-$1-$KPKG-$key.cpio.gz"
+  # The key: the lab scripts, the scenario's environment and the extra
+  # files' contents (a rebuilt out-of-tree module makes a new image).
+  key=$({ cat "$LAB_DIR"/lib/*; lab_env; echo "$S_l2_files $S_l2_bins"; lab_files_key; } | sha256sum | cut -c1-12)
+  l2="$LAB_CACHE/l2-$S_base-$KPKG-$key.cpio.gz"
   if [ ! -f "$l2" ]; then
-    log "building L2 initramfs for $1"; LAB_BUILT="$LAB_BUILT l2-image"
-    rm -rf "$LAB_CACHE/l2root"; mkdir -p "$LAB_CACHE/l2root"
-    for m in $L2_MODULES; do lab_module "$m" "$LAB_CACHE/l2root"; done
+    log "building L2 initramfs for $S_base"; LAB_BUILT="$LAB_BUILT l2-image"
+    rm -rf "$LAB_CACHE/l2root"; mkdir -p "$LAB_CACHE/l2root/lib/lab"
+    for m in $(lab_expand "$S_l2_modules"); do
+      # Modules the scenario brings itself (l2_files) are not in the kernel package.
+      [ -f "$LAB_CACHE/l2root/lib/modules/$m.ko" ] || [[ ",$S_l2_files," == *":/lib/modules/$m.ko,"* ]] \
+        || lab_module "$m" "$LAB_CACHE/l2root"
+    done
     cp "$LAB_DIR/lib/l2-init" "$LAB_CACHE/l2root/init"; chmod +x "$LAB_CACHE/l2root/init"
-    cp "$LAB_DIR/scenarios/$1/l2.sh" "$LAB_CACHE/l2root/scenario.sh"
-    mkdir -p "$LAB_CACHE/l2root/lib/lab"
-    cp "$LAB_DIR"/lib/l2-*.sh "$LAB_CACHE/l2root/lib/lab/" 2>/dev/null || true
-    # Scenarios with a Redis workload (a `redis` file) get the server.
-    [ -f "$LAB_DIR/scenarios/$1/redis" ] && lab_copy_binary /usr/bin/redis-check-rdb "$LAB_CACHE/l2root" /bin/redis-server
+    cp "$LAB_DIR"/lib/l2-*.sh "$LAB_CACHE/l2root/lib/lab/"
+    lab_env > "$LAB_CACHE/l2root/scenario.env"
+    lab_files "$S_l2_files" "$LAB_CACHE/l2root"
+    lab_files "$S_l2_bins" "$LAB_CACHE/l2root" bin
     lab_cpio "$LAB_CACHE/l2root" "$l2"
   fi
   L2_IMAGE=$l2
@@ -113,22 +119,24 @@ lab_copy_binary() {
 
 # Builds this run's L1 initrd: the cached L1 image followed by an
 # uncompressed cpio with what the scenario needs (L2 kernel and image,
-# the scenario's L1 scripts, iovmm and ip with their libraries). Linux
-# unpacks concatenated archives, so L1 needs no 9p for iovmm scenarios.
-# $1 = scenario, $2 = iovmm binary (may be empty), $3 = output dir.
+# the L1 scripts and the scenario's environment, iovmm, ip and jq with
+# their libraries, the scenario's l1_bins). Linux unpacks concatenated
+# archives, so L1 needs no 9p for iovmm scenarios.
+# $1 = scenario name, $2 = iovmm binary (may be empty), $3 = output dir.
 lab_stage() {
   local root="$3/stage-root"
   rm -rf "$root"; mkdir -p "$root/stage/lib"
   cp "$BZIMAGE" "$root/stage/bzImage"
   cp "$L2_IMAGE" "$root/stage/l2.cpio.gz"
-  cp "$LAB_DIR/scenarios/$1/l1.sh" "$root/stage/l1.sh"
-  cp "$LAB_DIR"/lib/l1-*.sh "$root/stage/lib/" 2>/dev/null || true
+  lab_env > "$root/stage/scenario.env"
+  cp "$LAB_DIR"/lib/l1-*.sh "$root/stage/lib/"
   if [ -n "$2" ]; then
     lab_copy_binary "$2" "$root" /stage/iovmm
     strip --strip-debug "$root/stage/iovmm" 2>/dev/null || true  # smaller initrd; symbols stay
   fi
   lab_copy_binary "$(command -v ip)" "$root" /sbin/ip.full
-  [ -f "$LAB_DIR/scenarios/$1/redis" ] && lab_copy_binary /usr/bin/redis-benchmark "$root" /sbin/redis-benchmark
+  lab_copy_binary "$(command -v jq)" "$root" /sbin/jq
+  lab_files "$S_l1_bins" "$root" bin
   (cd "$root" && find . | cpio -o -H newc 2>/dev/null) > "$3/stage.cpio" || die "cannot build the stage archive"
   # The kernel finds an uncompressed archive only at a 4-byte aligned
   # offset; zeros between archives are skipped.

@@ -1,0 +1,88 @@
+# L1 helpers for what a run measures: iovmm's stats (jq), the counters
+# sampled at L2's marks, the LAB-ROW line of the per-mode tables, and the
+# poll scenarios' checks.
+
+# jv FILTER: one value of iovmm's stats (/tmp/stats.json), e.g.
+# `jv .viommu.requests.map`; empty when the file or the value is missing.
+jv() { jq -r "($1) // empty" /tmp/stats.json 2>/dev/null; }
+# jn FILTER: the same as a number, 0 when missing.
+jn() { local v; v=$(jv "$1"); echo "${v:-0}"; }
+
+# The counters the sampler (l1-vm.sh) records at every "LAB-L2 mark NAME":
+# L1's KVM exit count, the packets of L1's interface $SAMPLE_IF, the CPU
+# ticks (1/100 s) of iovmm's virtio-iommu thread.
+kvm_exits() { cat /sys/kernel/debug/kvm/exits 2>/dev/null || echo 0; }
+if_packets() {
+  [ -n "$1" ] && [ -e "/sys/class/net/$1" ] || { echo 0; return; }
+  echo $(( $(cat /sys/class/net/$1/statistics/rx_packets) + $(cat /sys/class/net/$1/statistics/tx_packets) ))
+}
+poll_ticks() {
+  local th
+  for th in /proc/$1/task/*; do
+    [ "$(cat $th/comm 2>/dev/null)" = virtio-iommu ] && { awk '{print $14 + $15}' $th/stat; return; }
+  done
+  echo 0
+}
+# sample_delta FROM TO FIELD: FIELD at mark TO minus at mark FROM.
+sample_delta() {
+  awk -v a="$1" -v b="$2" -v f="$3" '
+    { for (i = 2; i <= NF; i++) { split($i, kv, "="); if (kv[1] == f) v[$1] = kv[2] } }
+    END { if ((a in v) && (b in v)) print v[b] - v[a] }' /tmp/samples.txt
+}
+
+# The samples of one L2 run as row fields: KVM exits and packets of the
+# transfer (marks net-start..net-end), exits per packet, and the share of
+# a core the virtio-iommu thread used while L2 sat idle (idle-a..idle-b).
+sample_fields() {
+  local e p t s
+  e=$(sample_delta net-start net-end exits); p=$(sample_delta net-start net-end pkts)
+  [ -n "$e" ] && [ -n "$p" ] && [ "$p" -gt 0 ] && echo -n " exits=$e packets=$p exits_per_packet=$(echo "$e $p" | awk '{printf "%.2f", $1 / $2}')"
+  t=$(sample_delta idle-a idle-b poll_ticks); s=$(sample_delta idle-a idle-b t)
+  [ -n "$t" ] && [ -n "$s" ] && echo -n " idle_poll_cpu_pct=$(echo "$t $s" | awk '{printf "%.1f", $1 / $2}')"
+}
+
+# One LAB-ROW line (the per-mode tables of `lab/run demo` and `lab/run
+# poll`) for the L2 run just ended: timings from L2's console, the VMM's
+# request counters, the samples, and Redis results if any.
+emit_row() {
+  local row f v
+  row="LAB-ROW mode=$MODE${POLL:++poll} mib=$MIB"
+  row="$row l1_to_l2_s=$(sed -n 's/.*LAB-L2 timing l1_to_l2_s=\([0-9.]*\).*/\1/p' /tmp/l2.log | tail -1)"
+  row="$row l2_to_l1_s=$(sed -n 's/.*LAB-L2 timing.* l2_to_l1_s=\([0-9.]*\).*/\1/p' /tmp/l2.log | tail -1)"
+  for f in map:.viommu.requests.map unmap:.viommu.requests.unmap notifications:.viommu.notifications \
+      unmap_batches:.viommu.unmap_batches map_p50_ns:.viommu.latency.map.p50_ns \
+      unmap_p50_ns:.viommu.latency.unmap.p50_ns faults:.viommu.faults \
+      polled:.viommu.poll.polled_requests poll_cpu_share:.viommu.poll.cpu_share_of_one_core; do
+    v=$(jv "${f#*:}"); [ -n "$v" ] && row="$row ${f%%:*}=$v"
+  done
+  row="$row$(sample_fields)"
+  if [ -s /tmp/redis.csv ]; then
+    for f in SET GET; do
+      v=$(awk -F'"' -v t="$f" '$2 == t { print $4 }' /tmp/redis.csv)
+      [ -n "$v" ] && row="$row redis_$(echo $f | tr A-Z a-z)_rps=$v"
+    done
+  fi
+  [ "$L2_EXIT" = 0 ] && echo "$row"
+}
+
+# The poll scenarios' checks on one run's stats and samples (names with
+# $SFX): request-queue notifications under 5% of requests, and an idle
+# poll thread under 5% of a core once the budget has expired.
+poll_checks() {
+  local req notif pct samples
+  if [ "$VMM" = qemu ]; then
+    skip poll-notify$SFX "QEMU writes no iovmm stats"; skip poll-idle$SFX "QEMU has no poll thread"; return
+  fi
+  req=$(( $(jn .viommu.requests.map) + $(jn .viommu.requests.unmap) ))
+  notif=$(jn .viommu.notifications)
+  samples=$(sample_fields)
+  echo "LAB-L1 poll requests=$req notifications=$notif polled=$(jv .viommu.poll.polled_requests) kicks_avoided=$(jv .viommu.poll.kicks_avoided) poll_cpu_share=$(jv .viommu.poll.cpu_share_of_one_core) vfio_calls_per_request=$(jv .vfio_calls_per_request)$samples"
+  [ "$req" -gt 0 ] && [ $((notif * 100)) -lt $((req * 5)) ]
+  check poll-notify$SFX $((! $?)) "notifications=$notif requests=$req (want < 5%)"
+  pct=$(echo "$samples" | sed -n 's/.*idle_poll_cpu_pct=\([0-9.]*\).*/\1/p')
+  [ -n "$pct" ] && awk -v p="$pct" 'BEGIN { exit !(p < 5) }'
+  check poll-idle$SFX $((! $?)) "idle poll thread: ${pct:-unmeasured}% of a core (want < 5%)"
+}
+
+# stats_dump: iovmm's stats file between markers (lab/run keeps L1's log).
+stats_dump() { [ -f /tmp/stats.json ] && { echo "LAB-STATS-BEGIN"; cat /tmp/stats.json; echo "LAB-STATS-END"; }; }

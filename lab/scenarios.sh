@@ -1,0 +1,71 @@
+# The lab's scenarios: one `scenario` entry each (sourced by lab/run
+# through lab/lib/table.sh; the fields are described in lab/README.md,
+# "Scenarios as data"). An entry is
+#   scenario NAME key=value ...
+# where a list value is comma-separated and may name a group (`@name`),
+# defined once by
+#   group @name item ...
+# In a check name, `#` stands for the round: `-1`, `-2`, ... when the entry
+# has `rounds=`, nothing otherwise.
+
+# L2 kernel modules (loaded in this order; virtio-iommu is skipped when
+# the run's mode is off).
+group @virtio-devs  failover net_failover virtio_net virtio_blk
+group @viommu-devs  virtio-iommu @virtio-devs
+group @vfio-devs    virtio-iommu e1000e
+
+# Checks.
+group @boot    cpus blk-read net-ping net-l1-to-l2 net-l2-to-l1 vmm-exit blk-write
+group @viommu  viommu-bound group-type blk-read net-ping net-l1-to-l2 net-l2-to-l1-data blk-write vmm-exit stats-shape
+group @vfio-l1 vfio-bind vfio-errors
+group @vfio    link-up# group-type# net-ping# net-l1-to-l2# net-l2-to-l1# vmm-exit# stats-shape#
+group @poll    poll-notify# poll-idle#
+
+# boot: L2 with virtio-blk and virtio-net on tap0, no virtual IOMMU.
+scenario boot prep=tap work=boot modes=off npt=1 \
+  l2_modules=@virtio-devs checks=@boot
+
+# viommu-<mode>: disk and NIC behind iovmm's virtio-iommu. npt=0: L1's
+# KVM shadows L2's page tables (docs/viommu.md, "Reliability").
+scenario viommu-passthrough prep=tap work=viommu modes=passthrough npt=0 \
+  l2_modules=@viommu-devs checks=@viommu
+scenario viommu-strict prep=tap work=viommu modes=strict npt=0 \
+  l2_modules=@viommu-devs checks=@viommu
+scenario viommu-lazy prep=tap work=viommu modes=lazy npt=0 \
+  l2_modules=@viommu-devs checks=@viommu
+scenario viommu-poll prep=tap work=viommu modes=strict+poll npt=0 \
+  l2_modules=@viommu-devs checks=@viommu,@poll
+
+# vfio-<mode>: L1's second e1000e bound to vfio-pci and assigned to L2,
+# twice per L1 boot (the second round proves the teardown).
+scenario vfio-off prep=vfio work=vfio modes=off rounds=1,2 npt=0 \
+  l2_modules=@vfio-devs checks=@vfio-l1,@vfio
+scenario vfio-strict prep=vfio work=vfio modes=strict rounds=1,2 npt=0 \
+  l2_modules=@vfio-devs checks=@vfio-l1,@vfio
+scenario vfio-lazy prep=vfio work=vfio modes=lazy rounds=1,2 npt=0 \
+  l2_modules=@vfio-devs checks=@vfio-l1,@vfio
+scenario vfio-passthrough prep=vfio work=vfio modes=passthrough rounds=1,2 npt=0 \
+  l2_modules=@vfio-devs checks=@vfio-l1,@vfio
+scenario vfio-poll prep=vfio work=vfio modes=strict+poll rounds=1 npt=0 \
+  l2_modules=@vfio-devs checks=@vfio-l1,@vfio,@poll
+
+# modes (`lab/run demo`): the viommu workload under every policy in one
+# L1 boot, one LAB-ROW line per L2 run.
+scenario modes prep=tap work=viommu modes=off,passthrough,lazy,strict,strict+poll npt=0 \
+  l2_modules=@viommu-devs checks=vmm-exit,net-l1-to-l2,blk-write
+
+# vfio-compare (`lab/run poll`): TCP, then Redis served by L2 to
+# redis-benchmark in L1, over the assigned NIC, notified and polled.
+scenario vfio-compare prep=vfio work=vfio modes=off,strict,strict+poll,lazy,lazy+poll rounds=1 npt=0 \
+  l2_modules=@vfio-devs env=REDIS=1 \
+  l2_bins=/usr/bin/redis-check-rdb:/bin/redis-server l1_bins=/usr/bin/redis-benchmark:/sbin/redis-benchmark \
+  checks=@vfio-l1,link-up#,net-l1-to-l2#,net-l2-to-l1#,vmm-exit#
+
+# Aliases: another name for a scenario with some fields changed (the
+# output goes to lab/.out/<alias>). L2 gets one vCPU in the tables so that
+# L1's second vCPU is left for the poll thread (docs/performance.md).
+scenario demo alias=modes display=table mib=8 vcpus=1 timeout=2400 \
+  what="L2 with virtio-net and virtio-blk, MIB MiB each way"
+scenario poll alias=vfio-compare display=table mib=8 vcpus=1 timeout=3600 \
+  what="L2 with the assigned e1000e (VFIO): TCP MIB MiB each way, then redis-benchmark SET/GET from L1"
+scenario console alias=boot display=console

@@ -1,2 +1,0 @@
-MODE=lazy
-. /stage/lib/l1-vfio.sh

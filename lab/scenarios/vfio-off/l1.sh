@@ -1,2 +1,0 @@
-MODE=off
-. /stage/lib/l1-vfio.sh

@@ -1,2 +1,0 @@
-MODE=passthrough
-. /stage/lib/l1-vfio.sh

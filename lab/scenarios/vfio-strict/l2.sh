@@ -1,1 +1,0 @@
-. /lib/lab/l2-vfio.sh

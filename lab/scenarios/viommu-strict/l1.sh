@@ -1,2 +1,0 @@
-MODE=strict
-. /stage/lib/l1-viommu.sh
