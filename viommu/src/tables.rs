@@ -154,7 +154,7 @@ pub struct Tables {
     pub bypass_config: bool,
     /// Driver accepted the MMIO map flag.
     pub mmio: bool,
-    mapped_bytes: u64,
+    mapped_bytes: u128,
     /// Guest RAM as `(gpa, len)`: what a bypassing hardware endpoint reaches.
     guest_ram: Vec<(u64, u64)>,
     /// Identity ranges `(start, last)` currently mapped in the backend.
@@ -272,9 +272,10 @@ impl Tables {
         self.sync_host();
     }
 
-    /// Bytes currently mapped over all domains.
+    /// Bytes currently mapped over all domains (capped at `u64::MAX`: the
+    /// sum over many domains can exceed 64 bits).
     pub fn mapped_bytes(&self) -> u64 {
-        self.mapped_bytes
+        u64::try_from(self.mapped_bytes).unwrap_or(u64::MAX)
     }
 
     /// Number of domains.
@@ -365,7 +366,7 @@ impl Tables {
         if dom.endpoints.is_empty() {
             let freed: u64 = dom.mappings.iter().map(|(s, m)| m.end - s + 1).sum();
             self.domains.remove(&d);
-            self.mapped_bytes -= freed;
+            self.mapped_bytes -= u128::from(freed);
             return (freed, ok);
         }
         if !ok {
@@ -560,7 +561,7 @@ impl Tables {
                 flags,
             },
         );
-        self.mapped_bytes += len;
+        self.mapped_bytes += u128::from(len);
         Outcome {
             status: status::OK,
             bytes: len,
@@ -628,7 +629,7 @@ impl Tables {
                 ok &= self.host_unmap(s, e, "unmap");
             }
         }
-        self.mapped_bytes -= freed;
+        self.mapped_bytes -= u128::from(freed);
         if !ok {
             self.fence(domain);
         } else if fenced {
