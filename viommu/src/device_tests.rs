@@ -517,17 +517,6 @@ const F_INDIRECT: u16 = 4;
 /// A raw descriptor: address, length, flags, next.
 type Desc = (u64, u32, u16, u16);
 
-/// Writes an indirect descriptor table at `at`.
-fn table(tq: &TestQueue, at: u64, descs: &[Desc]) {
-    for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
-        let base = at + 16 * i as u64;
-        tq.ram.write_obj(addr, GuestAddress(base)).unwrap();
-        tq.ram.write_obj(len, GuestAddress(base + 8)).unwrap();
-        tq.ram.write_obj(flags, GuestAddress(base + 12)).unwrap();
-        tq.ram.write_obj(next, GuestAddress(base + 14)).unwrap();
-    }
-}
-
 #[test]
 fn indirect_descriptors_are_offered_and_followed() {
     let s = state();
@@ -540,12 +529,12 @@ fn indirect_descriptors_are_offered_and_followed() {
         .unwrap();
     let req = (0x10000, 20, F_NEXT, 1);
     let tail = (0x20000, 4, F_WRITE, 0);
-    table(&tq, 0x30000, &[req, tail]);
+    tq.write_table(0x30000, &[req, tail]);
     // The head points at the table (NEXT on it is ignored, as the spec
     // forbids it); a second chain uses a table at an unaligned address.
     tq.write_desc(0, 0x30000, 32, F_INDIRECT | F_NEXT, 5);
     tq.publish(0);
-    table(&tq, 0x30104, &[req, tail]);
+    tq.write_table(0x30104, &[req, tail]);
     tq.write_desc(1, 0x30104, 32, F_INDIRECT, 0);
     tq.publish(1);
     w.process_requests();
@@ -586,7 +575,7 @@ fn malformed_indirect_tables_are_returned_unwritten_and_counted() {
     ];
     tq.ram.write_obj(0x5au8, GuestAddress(0x20000)).unwrap();
     for (i, (at, len, descs)) in cases.iter().enumerate() {
-        table(&tq, *at, descs);
+        tq.write_table(*at, descs);
         tq.write_desc(i as u16, *at, *len, F_INDIRECT, 0);
         tq.publish(i as u16);
     }

@@ -225,17 +225,6 @@ const F_NEXT: u16 = 1;
 const F_WRITE: u16 = 2;
 const F_INDIRECT: u16 = 4;
 
-/// Writes an indirect descriptor table at `at`.
-fn table(tq: &TestQueue, at: u64, descs: &[Desc]) {
-    for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
-        let base = at + 16 * i as u64;
-        tq.ram.write_obj(addr, GuestAddress(base)).unwrap();
-        tq.ram.write_obj(len, GuestAddress(base + 8)).unwrap();
-        tq.ram.write_obj(flags, GuestAddress(base + 12)).unwrap();
-        tq.ram.write_obj(next, GuestAddress(base + 14)).unwrap();
-    }
-}
-
 #[test]
 fn indirect_tables_are_followed_and_malformed_ones_refused() {
     let img = image(4096);
@@ -246,7 +235,7 @@ fn indirect_tables_are_followed_and_malformed_ones_refused() {
     let hdr = (0x10000, 16, F_NEXT, 1);
     let data = (0x20000, 512, F_WRITE | F_NEXT, 2);
     let st = (0x30000, 1, F_WRITE, 0);
-    table(&r.tq, 0x40000, &[hdr, data, st]);
+    r.tq.write_table(0x40000, &[hdr, data, st]);
     r.tq.write_desc(0, 0x40000, 48, F_INDIRECT, 0);
     r.tq.publish(0);
     assert!(r.w.process());
@@ -272,7 +261,7 @@ fn indirect_tables_are_followed_and_malformed_ones_refused() {
         (0xfff_0000, 48, &[]),
     ];
     for (i, (at, len, descs)) in cases.iter().enumerate() {
-        table(&r.tq, *at, descs);
+        r.tq.write_table(*at, descs);
         r.tq.write_desc(1 + i as u16, *at, *len, F_INDIRECT, 0);
         r.tq.publish(1 + i as u16);
     }

@@ -168,17 +168,6 @@ const F_NEXT: u16 = 1;
 const F_WRITE: u16 = 2;
 const F_INDIRECT: u16 = 4;
 
-/// Writes an indirect descriptor table at `at`.
-fn table(tq: &TestQueue, at: u64, descs: &[Desc]) {
-    for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
-        let base = at + 16 * i as u64;
-        tq.ram.write_obj(addr, GuestAddress(base)).unwrap();
-        tq.ram.write_obj(len, GuestAddress(base + 8)).unwrap();
-        tq.ram.write_obj(flags, GuestAddress(base + 12)).unwrap();
-        tq.ram.write_obj(next, GuestAddress(base + 14)).unwrap();
-    }
-}
-
 #[test]
 fn indirect_tables_carry_frames_and_malformed_ones_are_refused() {
     assert_ne!(AVAIL_FEATURES & features::INDIRECT_DESC, 0);
@@ -193,11 +182,8 @@ fn indirect_tables_carry_frames_and_malformed_ones_are_refused() {
         .ram
         .write_slice(&f[12..], GuestAddress(0x20000))
         .unwrap();
-    table(
-        &r.rxq,
-        0x40000,
-        &[(0x10000, 12, F_NEXT, 1), (0x20000, 488, 0, 0)],
-    );
+    r.rxq
+        .write_table(0x40000, &[(0x10000, 12, F_NEXT, 1), (0x20000, 488, 0, 0)]);
     r.rxq.write_desc(0, 0x40000, 32, F_INDIRECT, 0);
     r.rxq.publish(0);
     let cases: [(u64, u32, &[Desc]); 4] = [
@@ -211,13 +197,12 @@ fn indirect_tables_carry_frames_and_malformed_ones_are_refused() {
         (0xfff_0000, 32, &[]),
     ];
     for (i, (at, len, descs)) in cases.iter().enumerate() {
-        table(&r.rxq, *at, descs);
+        r.rxq.write_table(*at, descs);
         r.rxq.write_desc(1 + i as u16, *at, *len, F_INDIRECT, 0);
         r.rxq.publish(1 + i as u16);
     }
     // A loop inside a table ends after its size; the frame goes out.
-    table(
-        &r.rxq,
+    r.rxq.write_table(
         0x41400,
         &[(0x10000, 12, F_NEXT, 1), (0x20000, 488, F_NEXT, 0)],
     );
@@ -231,10 +216,10 @@ fn indirect_tables_carry_frames_and_malformed_ones_are_refused() {
     let mut r = rig();
     r.q.backend.inbound.push_back(frame(300, 1));
     r.q.backend.inbound.push_back(frame(300, 2));
-    table(&r.rxq, 0x40000, &[(0x10000, 1526, F_WRITE, 0)]);
+    r.rxq.write_table(0x40000, &[(0x10000, 1526, F_WRITE, 0)]);
     r.rxq.write_desc(0, 0x40000, 16, F_INDIRECT, 0);
     r.rxq.publish(0);
-    table(&r.rxq, 0x40100, &[(0x40000, 16, F_INDIRECT, 0)]);
+    r.rxq.write_table(0x40100, &[(0x40000, 16, F_INDIRECT, 0)]);
     r.rxq.write_desc(1, 0x40100, 16, F_INDIRECT, 0);
     r.rxq.publish(1);
     r.q.process_rx();

@@ -202,6 +202,24 @@ impl TestQueue {
         head
     }
 
+    /// Writes an indirect descriptor table of `(addr, len, flags, next)`
+    /// entries at guest address `at`.
+    pub fn write_table(&self, at: u64, descs: &[(u64, u32, u16, u16)]) {
+        for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
+            let base = at + 16 * i as u64;
+            self.ram.write_obj(addr, GuestAddress(base)).expect("table");
+            self.ram
+                .write_obj(len, GuestAddress(base + 8))
+                .expect("table");
+            self.ram
+                .write_obj(flags, GuestAddress(base + 12))
+                .expect("table");
+            self.ram
+                .write_obj(next, GuestAddress(base + 14))
+                .expect("table");
+        }
+    }
+
     /// Writes raw descriptor `idx` (for malformed-chain tests).
     pub fn write_desc(&self, idx: u16, addr: u64, len: u32, flags: u16, next: u16) {
         let base = GuestAddress(u64::from(idx) * 16);
