@@ -20,6 +20,8 @@ group @viommu  viommu-bound group-type blk-read net-ping net-l1-to-l2 net-l2-to-
 group @vfio-l1 vfio-bind vfio-errors
 group @vfio    link-up# group-type# net-ping# net-l1-to-l2# net-l2-to-l1# vmm-exit# stats-shape#
 group @poll    poll-notify# poll-idle#
+group @spec    spec-attach-reserved spec-unmap-reserved spec-map-msi spec-truncated spec-empty spec-no-request spec-no-status spec-alive
+group @broken  broken-needs-reset broken-config-irq broken-no-spin broken-recover
 
 # boot: L2 with virtio-blk and virtio-net on tap0, no virtual IOMMU.
 scenario boot prep=tap work=boot modes=off npt=1 \
@@ -48,6 +50,17 @@ scenario vfio-passthrough prep=vfio work=vfio modes=passthrough rounds=1,2 npt=0
   l2_modules=@vfio-devs checks=@vfio-l1,@vfio
 scenario vfio-poll prep=vfio work=vfio modes=strict+poll rounds=1 npt=0 \
   l2_modules=@vfio-devs checks=@vfio-l1,@vfio,@poll
+
+# viommu-hostile: the project's guest module viommu_test drives the
+# virtual IOMMU in place of the stock driver (not in the image): request
+# rates, the spec probes, a broken ring. The virtio-net is only the
+# endpoint. The module is built for the lab kernel and cached
+# (guest-kernel-patches/build.sh). One L2 vCPU: the flood busy-waits on it
+# and L1's other vCPU serves it.
+scenario viommu-hostile prep=tap work=hostile modes=strict vcpus=1 npt=1 timeout=1200 l2_timeout=400 \
+  prebuild='ko=$(guest-kernel-patches/build.sh "$KPKG" "$LAB_CACHE/guest-modules" viommu_test) && cp "$ko" "$LAB_CACHE/guest-modules/viommu_test.ko"' \
+  l2_modules=viommu_test l2_files="$LAB_CACHE/guest-modules/viommu_test.ko:/lib/modules/viommu_test.ko" \
+  checks=vt-bound,flood-batched,flood-single,@spec,@broken,vmm-exit
 
 # modes (`lab/run demo`): the viommu workload under every policy in one
 # L1 boot, one LAB-ROW line per L2 run.

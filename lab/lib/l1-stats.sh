@@ -10,7 +10,10 @@ jn() { local v; v=$(jv "$1"); echo "${v:-0}"; }
 
 # The counters the sampler (l1-vm.sh) records at every "LAB-L2 mark NAME":
 # L1's KVM exit count, the packets of L1's interface $SAMPLE_IF, the CPU
-# ticks (1/100 s) of iovmm's virtio-iommu thread.
+# ticks (1/100 s) of iovmm's virtio-iommu thread (poll_ticks: 0 under
+# QEMU), and those of the thread that serves the virtio-iommu in either
+# VMM (dev_ticks: iovmm's virtio-iommu thread, QEMU's main loop, where its
+# ioeventfd handlers run).
 kvm_exits() { cat /sys/kernel/debug/kvm/exits 2>/dev/null || echo 0; }
 if_packets() {
   [ -n "$1" ] && [ -e "/sys/class/net/$1" ] || { echo 0; return; }
@@ -22,6 +25,9 @@ poll_ticks() {
     [ "$(cat $th/comm 2>/dev/null)" = virtio-iommu ] && { awk '{print $14 + $15}' $th/stat; return; }
   done
   echo 0
+}
+dev_ticks() {
+  if [ "$VMM" = qemu ]; then awk '{print $14 + $15}' /proc/$1/task/$1/stat 2>/dev/null || echo 0; else poll_ticks "$1"; fi
 }
 # sample_delta FROM TO FIELD: FIELD at mark TO minus at mark FROM.
 sample_delta() {

@@ -77,7 +77,7 @@ watch_l2() {
     for m in $(sed -n 's/.*LAB-L2 mark \([a-z0-9-]*\).*/\1/p' /tmp/l2.log 2>/dev/null); do
       case "$seen" in *" $m "*) continue;; esac
       seen="$seen$m "; lastmark=$m
-      echo "$m exits=$(kvm_exits) pkts=$(if_packets "$SAMPLE_IF") poll_ticks=$(poll_ticks "$pid") t=$(cut -d' ' -f1 /proc/uptime)" >> /tmp/samples.txt
+      echo "$m exits=$(kvm_exits) pkts=$(if_packets "$SAMPLE_IF") poll_ticks=$(poll_ticks "$pid") dev_ticks=$(dev_ticks "$pid") t=$(cut -d' ' -f1 /proc/uptime)" >> /tmp/samples.txt
     done
     n=$((n + 1))
     if [ $((n % 5)) = 0 ]; then
@@ -119,6 +119,15 @@ watch_l2() {
     fi
     sleep 0.2
   done
+}
+
+# log_capped FILE: FILE for L1's console, at most its first and last 1000
+# lines: a VMM that logs in a loop would otherwise hold the (emulated,
+# slow) serial console for a long time after its run.
+log_capped() {
+  local n; n=$(wc -l < "$1" 2>/dev/null || echo 0)
+  if [ "$n" -le 2000 ]; then cat "$1" 2>/dev/null; return; fi
+  head -n 1000 "$1"; echo "LAB-L1 log: $((n - 2000)) of $n lines left out"; tail -n 1000 "$1"
 }
 
 # run_l2 CMDLINE [--disk PATH] [--net TAP] [--iommu MODE] [--extra "iovmm args"]
@@ -176,6 +185,6 @@ run_l2() {
         END { print "LAB-L1 sym " a " " s }' /proc/kallsyms
     done
   fi
-  echo "LAB-VMM-LOG-BEGIN"; cat /tmp/vmm.log; echo "LAB-VMM-LOG-END"
+  echo "LAB-VMM-LOG-BEGIN"; log_capped /tmp/vmm.log; echo "LAB-VMM-LOG-END"
   [ "$DEMO" = 1 ] || { echo "LAB-L2-LOG-BEGIN"; cat /tmp/l2.log 2>/dev/null; echo "LAB-L2-LOG-END"; }
 }
