@@ -90,5 +90,23 @@ poll_checks() {
   check poll-idle$SFX $((! $?)) "idle poll thread: ${pct:-unmeasured}% of a core (want < 5%)"
 }
 
+# stats_applies: whether this run has iovmm stats for the stats-shape
+# check (and the poll checks) to read; reports those checks as skipped,
+# or stats-shape failed when iovmm wrote no file, otherwise.
+stats_applies() {
+  if [ "$MODE" = off ]; then
+    skip stats-shape$SFX "no virtual IOMMU (mode off)"
+    [ -n "$POLL" ] && { skip poll-notify$SFX "no virtual IOMMU"; skip poll-idle$SFX "no virtual IOMMU"; }
+  elif [ "$VMM" = qemu ]; then
+    skip stats-shape$SFX "QEMU writes no iovmm stats"
+    [ -n "$POLL" ] && poll_checks
+  elif [ ! -f /tmp/stats.json ]; then
+    check stats-shape$SFX 0 "no stats file"
+  else
+    return 0
+  fi
+  return 1
+}
+
 # stats_dump: iovmm's stats file between markers (lab/run keeps L1's log).
 stats_dump() { [ -f /tmp/stats.json ] && { echo "LAB-STATS-BEGIN"; cat /tmp/stats.json; echo "LAB-STATS-END"; }; }

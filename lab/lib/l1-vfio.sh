@@ -36,13 +36,7 @@ SENT=$(grep -o "LAB-L2 out_sha=[0-9a-f]*" /tmp/l2.log | head -1 | cut -d= -f2)
 check net-l2-to-l1$SFX $((! $?)) "bytes=$RX_BYTES"
 emit_row
 stats_dump
-if [ "$MODE" = off ]; then
-  skip stats-shape$SFX "no virtual IOMMU (mode off)"
-  [ -n "$POLL" ] && { skip poll-notify$SFX "no virtual IOMMU"; skip poll-idle$SFX "no virtual IOMMU"; }
-elif [ "$VMM" = qemu ]; then
-  skip stats-shape$SFX "QEMU writes no iovmm stats"
-  [ -n "$POLL" ] && poll_checks
-elif [ -f /tmp/stats.json ]; then
+if stats_applies; then
   UNMAPS=$(jv .viommu.requests.unmap); MAPS=$(jv .viommu.requests.map)
   VUNMAPS=$(jv .vfio.dma.viommu.unmap.calls); VMAPS=$(jv .vfio.dma.viommu.map.calls)
   echo "LAB-L1 stats round=$ROUND map=$MAPS unmap=$UNMAPS vfio_map=$VMAPS vfio_unmap=$VUNMAPS$(sample_fields)"
@@ -58,6 +52,4 @@ elif [ -f /tmp/stats.json ]; then
       [ "${MAPS:-1}" = 0 ] && [ "${VMAPS:-0}" -gt 0 ]
       check stats-shape$SFX $((! $?)) "guest map=$MAPS vfio map=$VMAPS (identity)";;
   esac
-else
-  check stats-shape$SFX 0 "no stats file"
 fi

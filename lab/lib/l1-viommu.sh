@@ -30,13 +30,7 @@ echo "LAB-L1 received sha=$RX_SHA bytes=$(wc -c < /tmp/rx.bin)"
 
 emit_row
 stats_dump
-if [ "$MODE" = off ]; then
-  skip stats-shape$SFX "no virtual IOMMU (mode off)"
-  [ -n "$POLL" ] && { skip poll-notify$SFX "no virtual IOMMU"; skip poll-idle$SFX "no virtual IOMMU"; }
-elif [ "$VMM" = qemu ]; then
-  skip stats-shape$SFX "QEMU writes no iovmm stats"
-  [ -n "$POLL" ] && poll_checks
-elif [ -f /tmp/stats.json ]; then
+if stats_applies; then
   MAPS=$(jv .viommu.requests.map); UNMAPS=$(jv .viommu.requests.unmap); ATT=$(jv .viommu.requests.attach)
   UB=$(jv .viommu.unmap_batches); FAULTS=$(jv .viommu.faults)
   echo "LAB-L1 stats map=$MAPS unmap=$UNMAPS attach=$ATT unmap_batches=$UB faults=$FAULTS"
@@ -52,6 +46,4 @@ elif [ -f /tmp/stats.json ]; then
       check stats-shape$SFX $((! $?)) "map=$MAPS attach=$ATT (passthrough: no maps)";;
   esac
   [ -n "$POLL" ] && poll_checks
-else
-  check stats-shape$SFX 0 "no stats file"
 fi

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::{io, mem};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
@@ -244,13 +244,16 @@ impl BlockWorker {
             return false;
         }
         let mut used_any = false;
-        if let Err(e) = self.serve(&mut used_any) {
-            if self.health.broken(e, &self.needs_reset) {
-                self.stats.broken_rings.fetch_add(1, Ordering::Relaxed);
-            }
-            return used_any;
-        }
-        used_any && self.queue.needs_notification(&self.mem).unwrap_or(true)
+        let served = self.serve(&mut used_any);
+        let s = &self.stats.broken_rings;
+        self.health.settle(
+            served,
+            used_any,
+            &mut self.queue,
+            &self.mem,
+            &self.needs_reset,
+            s,
+        )
     }
 
     fn serve(&mut self, used_any: &mut bool) -> Result<(), RingError> {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::Bytes;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
@@ -125,13 +125,10 @@ impl<B: NetBackend> NetQueues<B> {
             return false;
         }
         let mut used = false;
-        if let Err(e) = self.serve_tx(&mut used) {
-            if self.tx_health.broken(e, &self.needs_reset) {
-                self.stats.broken_rings.fetch_add(1, Ordering::Relaxed);
-            }
-            return used;
-        }
-        used && self.tx.needs_notification(&self.mem).unwrap_or(true)
+        let served = self.serve_tx(&mut used);
+        let s = &self.stats.broken_rings;
+        self.tx_health
+            .settle(served, used, &mut self.tx, &self.mem, &self.needs_reset, s)
     }
 
     fn serve_tx(&mut self, used: &mut bool) -> Result<(), RingError> {
@@ -190,13 +187,10 @@ impl<B: NetBackend> NetQueues<B> {
             return false;
         }
         let mut used = false;
-        if let Err(e) = self.serve_rx(&mut used) {
-            if self.rx_health.broken(e, &self.needs_reset) {
-                self.stats.broken_rings.fetch_add(1, Ordering::Relaxed);
-            }
-            return used;
-        }
-        used && self.rx.needs_notification(&self.mem).unwrap_or(true)
+        let served = self.serve_rx(&mut used);
+        let s = &self.stats.broken_rings;
+        self.rx_health
+            .settle(served, used, &mut self.rx, &self.mem, &self.needs_reset, s)
     }
 
     fn serve_rx(&mut self, used: &mut bool) -> Result<(), RingError> {

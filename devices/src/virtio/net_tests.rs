@@ -4,6 +4,7 @@ use super::*;
 use crate::virtio::testing::{RecordingInterrupt, TestQueue};
 use crate::virtio::ActivateContext;
 use std::os::unix::io::AsRawFd;
+use virtio_queue::QueueT;
 use vm_memory::GuestAddress;
 
 /// Frames in, frames out.

@@ -12,7 +12,7 @@
 
 use std::fmt;
 use std::num::Wrapping;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
@@ -181,6 +181,30 @@ impl QueueHealth {
         );
         reset.raise();
         true
+    }
+
+    /// Ends one pass over `queue` that returned `served` and used buffers
+    /// if `used`: a ring error stops the queue (counted once in
+    /// `broken_rings`); returns whether the driver must be interrupted
+    /// (buffers were used and, on a healthy ring, the driver asked for it).
+    pub fn settle<M: GuestMemory>(
+        &mut self,
+        served: Result<(), RingError>,
+        used: bool,
+        queue: &mut Queue,
+        mem: &M,
+        reset: &NeedsReset,
+        broken_rings: &AtomicU64,
+    ) -> bool {
+        match served {
+            Err(e) => {
+                if self.broken(e, reset) {
+                    broken_rings.fetch_add(1, Ordering::Relaxed);
+                }
+                used
+            }
+            Ok(()) => used && queue.needs_notification(mem).unwrap_or(true),
+        }
     }
 }
 
