@@ -9,6 +9,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod bus;
+pub mod cpus;
 pub mod dma;
 pub mod interrupt;
 pub mod legacy;

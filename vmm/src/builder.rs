@@ -3,9 +3,11 @@
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::Arc;
 
+use devices::cpus::{self, CpuSet};
 use devices::legacy::{ExitReason, ExitSignal};
 
 use crate::boot::{self, BootError};
+use crate::config::placement::Placement;
 use crate::config::VmConfig;
 use crate::device_manager::{DeviceError, DeviceManager};
 use crate::layout::MemoryLayout;
@@ -124,8 +126,29 @@ impl Drop for RunningVm {
     }
 }
 
+/// Applies `p` before any thread is started: the calling thread (and so
+/// every thread it starts: the virtio-iommu host thread, signals, serial)
+/// and every device worker run on the I/O CPUs. Returns the CPUs each
+/// vCPU thread must set for itself (`None`: keep the inherited ones).
+fn place_threads(p: &Placement) -> Result<Option<CpuSet>, BuildError> {
+    if p.vcpus.is_none() && p.io.is_none() {
+        return Ok(None);
+    }
+    let started_with = CpuSet::of_current_thread()?;
+    let io = p.io.clone().unwrap_or_else(|| started_with.clone());
+    io.pin_current_thread()?;
+    tracing::info!(
+        vcpus = %p.vcpus.as_ref().unwrap_or(&started_with),
+        io = %io,
+        "thread placement (host CPUs)"
+    );
+    cpus::set_io_cpus(io);
+    Ok(Some(p.vcpus.clone().unwrap_or(started_with)))
+}
+
 /// Builds the VM described by `cfg` and starts its vCPUs.
 pub fn build_and_start(cfg: &VmConfig) -> Result<RunningVm, BuildError> {
+    let vcpu_cpus = place_threads(&cfg.placement)?;
     let vm = Vm::new()?;
     let layout = MemoryLayout::new(cfg.memory);
     let mem = memory::create(&layout, cfg.memory_backing)?;
@@ -176,10 +199,16 @@ pub fn build_and_start(cfg: &VmConfig) -> Result<RunningVm, BuildError> {
     for (id, vcpu) in vcpus.into_iter().enumerate() {
         let (pio, mmio, exit) = (devices.pio.clone(), devices.mmio.clone(), exit.clone());
         let ram = mem.clone();
+        let cpus = vcpu_cpus.clone();
         threads.push(
             std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
-                .spawn(move || vcpu.run(pio, mmio, exit, ram))?,
+                .spawn(move || {
+                    if let Some(Err(e)) = cpus.as_ref().map(CpuSet::pin_current_thread) {
+                        tracing::warn!("vcpu{id}: cannot run on CPUs {cpus:?}: {e}");
+                    }
+                    vcpu.run(pio, mmio, exit, ram)
+                })?,
         );
     }
     let ids = threads.iter().map(|t| t.as_pthread_t()).collect();

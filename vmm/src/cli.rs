@@ -31,6 +31,8 @@ errors; relative paths are relative to the file's directory):
   memory = \"512M\"               # K/M/G/T suffix or integer MiB; multiple of
                                 # 2 MiB, 64M to 1T; default 512M
   memory_backing = \"anonymous\"  # anonymous | thp | hugetlbfs
+  vcpu_cpus = \"0-1\"             # host CPUs of the vCPU threads (default: all)
+  io_cpus = \"2\"                 # host CPUs of the device threads (default: all)
   [kernel]
   path = \"/path/to/bzImage\"     # bzImage or ELF vmlinux (PVH)
   initramfs = \"/path/to/initrd.cpio.gz\"
@@ -124,6 +126,15 @@ pub struct RunArgs {
     /// [file: machine.memory_backing; default: anonymous].
     #[arg(long, value_name = "anonymous|thp|hugetlbfs")]
     pub memory_backing: Option<String>,
+    /// Host CPUs the vCPU threads run on, e.g. 0-1 [file: machine.vcpu_cpus;
+    /// default: those iovmm was started with].
+    #[arg(long, value_name = "LIST")]
+    pub vcpu_cpus: Option<String>,
+    /// Host CPUs of the other threads (device workers, the virtio-iommu host
+    /// and poll threads), e.g. 2 [file: machine.io_cpus; default: those iovmm
+    /// was started with].
+    #[arg(long, value_name = "LIST")]
+    pub io_cpus: Option<String>,
     /// Guest COM1 output: stdout, off, or a file path (appended)
     /// [file: serial.output; default: stdout].
     #[arg(long, value_name = "stdout|off|PATH")]
@@ -353,6 +364,16 @@ fn cli_layer(args: &RunArgs) -> Result<ConfigLayer, ConfigError> {
             .map(MemoryBacking::parse)
             .transpose()
             .map_err(flag("--memory-backing"))?,
+        vcpu_cpus: args
+            .vcpu_cpus
+            .as_deref()
+            .map(|v| config::placement::parse_cpus("--vcpu-cpus", v))
+            .transpose()?,
+        io_cpus: args
+            .io_cpus
+            .as_deref()
+            .map(|v| config::placement::parse_cpus("--io-cpus", v))
+            .transpose()?,
         kernel: nonempty("--kernel", &args.kernel)?,
         initramfs: nonempty("--initramfs", &args.initramfs)?,
         cmdline: args.cmdline.clone(),

@@ -218,6 +218,11 @@ fn flag_value_errors() {
     assert!(with(&["--memory", "1.5G"]).starts_with("--memory: memory size `1.5G` is not a size"));
     assert!(with(&["--memory", "99M"]).contains("not a multiple of 2 MiB: use e.g. 100M"));
     assert!(with(&["--memory-backing", "huge"]).contains("use anonymous, thp or hugetlbfs"));
+    assert_eq!(
+        with(&["--io-cpus", "1,x"]),
+        "--io-cpus `1,x`: `x` is not a CPU number: give a list of host CPUs such as 0-3,6 to --io-cpus"
+    );
+    assert!(with(&["--vcpu-cpus", "1000"]).contains("iovmm may only run on CPUs"));
     assert!(with(&["--serial", ""]).contains("serial output is empty"));
     assert!(with(&["--serial", "off", "--serial-stdin"]).contains("serial stdin needs"));
     assert!(with(&["--kernel", ""]).contains("--kernel <PATH>"));

@@ -15,6 +15,7 @@ use crate::layout;
 
 pub mod file;
 pub mod iommu;
+pub mod placement;
 pub mod vfio;
 
 pub use iommu::IommuMode;
@@ -195,6 +196,8 @@ pub struct VmConfig {
     pub memory: u64,
     /// Host backing of guest RAM.
     pub memory_backing: MemoryBacking,
+    /// Host CPUs of the vCPU and device threads.
+    pub placement: placement::Placement,
     /// bzImage or ELF vmlinux; exists and is readable.
     pub kernel: PathBuf,
     /// Initramfs; exists and is readable if given.
@@ -278,6 +281,10 @@ pub struct ConfigLayer {
     pub memory: Option<u64>,
     /// RAM backing.
     pub memory_backing: Option<MemoryBacking>,
+    /// CPUs of the vCPU threads.
+    pub vcpu_cpus: Option<devices::cpus::CpuSet>,
+    /// CPUs of the other threads.
+    pub io_cpus: Option<devices::cpus::CpuSet>,
     /// Kernel image.
     pub kernel: Option<PathBuf>,
     /// Initramfs.
@@ -323,6 +330,8 @@ impl ConfigLayer {
             vcpus: top.vcpus.or(self.vcpus),
             memory: top.memory.or(self.memory),
             memory_backing: top.memory_backing.or(self.memory_backing),
+            vcpu_cpus: top.vcpu_cpus.or(self.vcpu_cpus),
+            io_cpus: top.io_cpus.or(self.io_cpus),
             kernel: top.kernel.or(self.kernel),
             initramfs: top.initramfs.or(self.initramfs),
             cmdline: top.cmdline.or(self.cmdline),
@@ -386,6 +395,7 @@ impl ConfigLayer {
             vcpus,
             memory,
             memory_backing: self.memory_backing.unwrap_or_default(),
+            placement: placement::Placement::build(self.vcpu_cpus, self.io_cpus)?,
             kernel,
             initramfs: self.initramfs,
             cmdline,

@@ -52,9 +52,11 @@ impl Worker {
         }));
         em.add_subscriber(Box::new(subscriber));
         let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let thread_name = name.to_string();
         let handle = std::thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
+                crate::cpus::place_io_thread(&thread_name);
                 // SAFETY: gettid has no preconditions and cannot fail.
                 let _ = tid_tx.send(unsafe { libc::gettid() });
                 loop {

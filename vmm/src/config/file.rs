@@ -39,7 +39,7 @@ use super::{
     NetSpec, SerialOutput, VfioSpec,
 };
 
-const MACHINE_KEYS: &[&str] = &["vcpus", "memory", "memory_backing"];
+const MACHINE_KEYS: &[&str] = &["vcpus", "memory", "memory_backing", "vcpu_cpus", "io_cpus"];
 const KERNEL_KEYS: &[&str] = &["path", "initramfs", "cmdline"];
 const SERIAL_KEYS: &[&str] = &["output", "stdin"];
 const DISK_KEYS: &[&str] = &["path", "readonly", "id", "iommu"];
@@ -295,6 +295,13 @@ fn parse_machine(s: &Section<'_>, layer: &mut ConfigLayer) -> Result<(), ConfigE
         .map(MemoryBacking::parse)
         .transpose()
         .map_err(|e| s.wrap("memory_backing", e))?;
+    let cpus = |key: &str| -> Result<_, ConfigError> {
+        s.string(key, "\"0-3\"")?
+            .map(|v| super::placement::parse_cpus(&format!("[machine] {key}"), v))
+            .transpose()
+    };
+    layer.vcpu_cpus = cpus("vcpu_cpus")?;
+    layer.io_cpus = cpus("io_cpus")?;
     Ok(())
 }
 
@@ -465,11 +472,25 @@ iommu = true
     }
 
     #[test]
+    fn cpu_lists_are_read_and_checked() {
+        let l = parse(
+            "[machine]\nvcpu_cpus = \"0\"\nio_cpus = \"0-0\"\n",
+            "vm.toml",
+            Path::new("/cfg"),
+        )
+        .unwrap();
+        assert_eq!(l.vcpu_cpus.unwrap().cpus(), &[0]);
+        assert!(err("[machine]\nio_cpus = \"1-x\"\n")
+            .contains("[machine] io_cpus `1-x`: `x` is not a CPU number"));
+        assert!(err("[machine]\nio_cpus = 1\n").contains("[machine] io_cpus must be a string"));
+    }
+
+    #[test]
     fn unknown_key_names_key_and_section() {
         let e = err("[machine]\nvcpu = 2\n");
         assert_eq!(
             e,
-            "config vm.toml: unknown key `vcpu` in [machine]: valid keys are vcpus, memory, memory_backing"
+            "config vm.toml: unknown key `vcpu` in [machine]: valid keys are vcpus, memory, memory_backing, vcpu_cpus, io_cpus"
         );
         let e = err("[[disk]]\npath = \"a\"\n[[disk]]\npath = \"b\"\nro = true\n");
         assert!(e.contains("unknown key `ro` in [[disk]] #2"), "{e}");
