@@ -55,9 +55,10 @@ scenario vfio-poll prep=vfio work=vfio modes=strict+poll rounds=1 npt=0 \
 # virtual IOMMU in place of the stock driver (not in the image): request
 # rates, the spec probes, a broken ring. The virtio-net is only the
 # endpoint. The module is built for the lab kernel and cached
-# (guest-kernel-patches/build.sh). One L2 vCPU: the flood busy-waits on it
-# and L1's other vCPU serves it.
-scenario viommu-hostile prep=tap work=hostile modes=strict vcpus=1 npt=1 timeout=1200 l2_timeout=400 \
+# (guest-kernel-patches/build.sh). One L2 vCPU: the flood busy-waits on it,
+# and L1's other vCPU serves it: the vCPU thread runs on L1's CPU 0 and
+# every other VMM thread on CPU 1 (PLACE, lab/lib/l1-vm.sh).
+scenario viommu-hostile prep=tap work=hostile modes=strict vcpus=1 npt=1 timeout=1200 l2_timeout=400 env=PLACE=0:1 \
   prebuild='ko=$(guest-kernel-patches/build.sh "$KPKG" "$LAB_CACHE/guest-modules" viommu_test) && cp "$ko" "$LAB_CACHE/guest-modules/viommu_test.ko"' \
   l2_modules=viommu_test l2_files="$LAB_CACHE/guest-modules/viommu_test.ko:/lib/modules/viommu_test.ko" \
   checks=vt-bound,flood-batched,flood-single,@spec,@broken,vmm-exit
@@ -82,3 +83,5 @@ scenario demo alias=modes display=table mib=8 vcpus=1 timeout=2400 \
 scenario poll alias=vfio-compare display=table mib=8 vcpus=1 timeout=3600 \
   what="L2 with the assigned e1000e (VFIO): TCP MIB MiB each way, then redis-benchmark SET/GET from L1"
 scenario console alias=boot display=console
+# The hostile workload with the request queue polled (adaptive).
+scenario viommu-hostile-poll alias=viommu-hostile modes=strict+poll

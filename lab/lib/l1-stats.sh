@@ -11,23 +11,40 @@ jn() { local v; v=$(jv "$1"); echo "${v:-0}"; }
 # The counters the sampler (l1-vm.sh) records at every "LAB-L2 mark NAME":
 # L1's KVM exit count, the packets of L1's interface $SAMPLE_IF, the CPU
 # ticks (1/100 s) of iovmm's virtio-iommu thread (poll_ticks: 0 under
-# QEMU), and those of the thread that serves the virtio-iommu in either
-# VMM (dev_ticks: iovmm's virtio-iommu thread, QEMU's main loop, where its
-# ioeventfd handlers run).
+# QEMU), and those of where each VMM serves the virtio-iommu (dev_ticks:
+# iovmm's virtio-iommu thread; QEMU's whole process, because QEMU 7.2
+# serves the request queue in the vCPU thread that wrote the notification
+# (its main loop stays idle during a flood), and its threads have no names
+# to tell them apart).
 kvm_exits() { cat /sys/kernel/debug/kvm/exits 2>/dev/null || echo 0; }
 if_packets() {
   [ -n "$1" ] && [ -e "/sys/class/net/$1" ] || { echo 0; return; }
   echo $(( $(cat /sys/class/net/$1/statistics/rx_packets) + $(cat /sys/class/net/$1/statistics/tx_packets) ))
 }
 poll_ticks() {
-  local th
+  # The newest thread of that name: a device reset starts a new worker,
+  # and the old one may still be exiting.
+  local th n=0 v=0 t
   for th in /proc/$1/task/*; do
-    [ "$(cat $th/comm 2>/dev/null)" = virtio-iommu ] && { awk '{print $14 + $15}' $th/stat; return; }
+    [ "$(cat $th/comm 2>/dev/null)" = virtio-iommu ] && [ "${th##*/}" -gt "$n" ] || continue
+    t=$(awk '{print $14 + $15}' $th/stat 2>/dev/null) && { n=${th##*/}; v=$t; }
   done
-  echo 0
+  echo "$v"
+}
+# thread_cpus PID: where the VMM's vCPU and virtio-iommu threads run, as
+# name@cpu/nonvoluntary-switches,... (a device thread sharing the busy vCPU's
+# CPU preempts it on every request).
+thread_cpus() {
+  local th c out=""
+  for th in /proc/$1/task/*; do
+    c=$(cat $th/comm 2>/dev/null)
+    case "$c" in vcpu*|virtio-iommu|qemu-system-x86|CPU*) ;; *) continue;; esac
+    out="$out${out:+,}${c// /_}:${th##*/}:$(awk '{print $14 + $15}' $th/stat)@$(sed 's/.*) //' $th/stat | awk '{print $37}')/$(sed -n 's/^nonvoluntary_ctxt_switches:[[:space:]]*//p' $th/status)"
+  done
+  echo "$out"
 }
 dev_ticks() {
-  if [ "$VMM" = qemu ]; then awk '{print $14 + $15}' /proc/$1/task/$1/stat 2>/dev/null || echo 0; else poll_ticks "$1"; fi
+  if [ "$VMM" = qemu ]; then awk '{print $14 + $15}' /proc/$1/stat 2>/dev/null || echo 0; else poll_ticks "$1"; fi
 }
 # sample_delta FROM TO FIELD: FIELD at mark TO minus at mark FROM.
 sample_delta() {

@@ -77,7 +77,7 @@ watch_l2() {
     for m in $(sed -n 's/.*LAB-L2 mark \([a-z0-9-]*\).*/\1/p' /tmp/l2.log 2>/dev/null); do
       case "$seen" in *" $m "*) continue;; esac
       seen="$seen$m "; lastmark=$m
-      echo "$m exits=$(kvm_exits) pkts=$(if_packets "$SAMPLE_IF") poll_ticks=$(poll_ticks "$pid") dev_ticks=$(dev_ticks "$pid") t=$(cut -d' ' -f1 /proc/uptime)" >> /tmp/samples.txt
+      echo "$m exits=$(kvm_exits) pkts=$(if_packets "$SAMPLE_IF") poll_ticks=$(poll_ticks "$pid") dev_ticks=$(dev_ticks "$pid") threads=$(thread_cpus "$pid") t=$(cut -d' ' -f1 /proc/uptime)" >> /tmp/samples.txt
     done
     n=$((n + 1))
     if [ $((n % 5)) = 0 ]; then
@@ -130,6 +130,21 @@ log_capped() {
   head -n 1000 "$1"; echo "LAB-L1 log: $((n - 2000)) of $n lines left out"; tail -n 1000 "$1"
 }
 
+# PLACE=V:I (a scenario's env): L2's vCPU threads on L1's CPU V, the
+# VMM's other threads on CPU I (iovmm: --vcpu-cpus/--io-cpus; QEMU: its
+# named threads moved with taskset once they exist).
+place_qemu() {
+  local th i=0
+  while [ $i -lt 50 ] && ! ls /proc/$1/task/*/comm 2>/dev/null | xargs grep -lq '^CPU ' 2>/dev/null; do sleep 0.2; i=$((i + 1)); done
+  for th in /proc/$1/task/*; do
+    case "$(cat $th/comm 2>/dev/null)" in
+      "CPU "*) taskset -p $(printf %x $((1 << ${PLACE%:*}))) "${th##*/}";;
+      *) taskset -p $(printf %x $((1 << ${PLACE#*:}))) "${th##*/}";;
+    esac
+  done > /dev/null 2>&1
+  echo "LAB-L1 QEMU threads placed: vCPUs on ${PLACE%:*}, others on ${PLACE#*:}"
+}
+
 # run_l2 CMDLINE [--disk PATH] [--net TAP] [--iommu MODE] [--extra "iovmm args"]
 # With --iommu (not off) the disk and NIC sit behind the virtual IOMMU.
 # iovmm writes its stats to /tmp/stats.json.
@@ -159,17 +174,21 @@ run_l2() {
     fi
     [ -n "$disk" ] && a="$a -drive file=$disk,if=none,id=d0,format=raw -device virtio-blk-pci,drive=d0$ip"
     [ -n "$net" ] && a="$a -netdev tap,id=n0,ifname=$net,script=no,downscript=no -device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56$ip"
+    [ -n "$PLACE" ] && a="$a -name l2,debug-threads=on"
     chroot /host /usr/bin/qemu-system-x86_64 $a -serial file:/tmp/l2.log -append "$cmdline" > /tmp/vmm.log 2>&1 &
+    pid=$!
+    [ -n "$PLACE" ] && place_qemu "$pid" &
   else
     a="run --kernel /stage/bzImage --initramfs /stage/l2.cpio.gz --vcpus $L2_VCPUS --memory 512M --memory-backing $BACKING --serial /tmp/l2.log --log-level info --stats-file /tmp/stats.json"
     local io=""
     if [ "$iommu" != off ]; then a="$a --iommu-mode $iommu"; io=",iommu=on"; fi
     [ -n "$disk" ] && a="$a --disk path=$disk,id=lab-disk$io"
     [ -n "$net" ] && a="$a --net tap=$net,mac=52:54:00:12:34:56$io"
+    [ -n "$PLACE" ] && a="$a --vcpu-cpus ${PLACE%:*} --io-cpus ${PLACE#*:}"
     echo "LAB-L1 iovmm $a $extra --cmdline \"$cmdline\""
     /stage/iovmm $a $extra --cmdline "$cmdline" > /tmp/vmm.log 2>&1 &
+    pid=$!
   fi
-  pid=$!
   watch_l2 "$pid" "$disk" &
   wd=$!
   wait "$pid"
