@@ -2,5 +2,6 @@
 
 pub mod cpuid;
 pub mod interrupts;
+pub mod kvm_stats;
 pub mod vcpu;
 pub mod vm;
