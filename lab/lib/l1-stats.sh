@@ -92,3 +92,17 @@ poll_checks() {
 
 # stats_dump: iovmm's stats file between markers (lab/run keeps L1's log).
 stats_dump() { [ -f /tmp/stats.json ] && { echo "LAB-STATS-BEGIN"; cat /tmp/stats.json; echo "LAB-STATS-END"; }; }
+
+# kvm-exits$SFX: iovmm's VM exits from KVM's binary statistics (the sum of
+# its vCPUs' `exits`, .kvm.exits.total in the stats) against L1's KVM
+# counter over the VMM's life (samples vmm-start..vmm-exit; only L2 runs
+# in L1's KVM, so that delta is L2's exits). Pass within 5%.
+kvm_exits_check() {
+  local own l1 d
+  if [ "$VMM" = qemu ]; then skip kvm-exits$SFX "QEMU writes no iovmm stats"; return; fi
+  own=$(jv .kvm.exits.total); l1=$(sample_delta vmm-start vmm-exit exits)
+  echo "LAB-L1 kvm-exits iovmm_kvm=${own:-none} l1=${l1:-none} by_reason=$(jq -c '.kvm.exits.by_reason' /tmp/stats.json 2>/dev/null) iovmm_own=$(jq -c '.exits | {total, by_reason: (.by_reason | with_entries(select(.value.count > 0)))}' /tmp/stats.json 2>/dev/null)"
+  d=$(awk -v a="${own:-0}" -v b="${l1:-0}" 'BEGIN { if (b > 0) printf "%.2f", (a - b) * 100 / b }')
+  [ -n "$own" ] && [ -n "$d" ] && awk -v d="$d" 'BEGIN { exit !(d <= 5 && d >= -5) }'
+  check kvm-exits$SFX $((! $?)) "iovmm=${own:-none} l1=${l1:-none} diff_pct=${d:-none} (want within 5%)"
+}

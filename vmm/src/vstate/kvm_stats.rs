@@ -211,7 +211,7 @@ impl KvmStats {
                 offset: u32_at(d, 8),
                 bucket_size: u32_at(d, 12),
             };
-            if desc.offset % 8 != 0 {
+            if !desc.offset.is_multiple_of(8) {
                 return Err(malformed(format!(
                     "{}: offset {} not a multiple of 8",
                     desc.name, desc.offset
