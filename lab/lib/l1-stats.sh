@@ -49,7 +49,9 @@ sample_fields() {
 
 # One LAB-ROW line (the per-mode tables of `lab/run demo` and `lab/run
 # poll`) for the L2 run just ended: timings from L2's console, the VMM's
-# request counters, the samples, and Redis results if any.
+# request counters, its exit counts over the whole run (kvm_*: KVM's
+# statistics; vmm_exits, vmm_exit_ns: exits handled by iovmm's run loop
+# and their time), the samples, and Redis results if any.
 emit_row() {
   local row f v
   row="LAB-ROW mode=$MODE${POLL:++poll} mib=$MIB"
@@ -58,7 +60,10 @@ emit_row() {
   for f in map:.viommu.requests.map unmap:.viommu.requests.unmap notifications:.viommu.notifications \
       unmap_batches:.viommu.unmap_batches map_p50_ns:.viommu.latency.map.p50_ns \
       unmap_p50_ns:.viommu.latency.unmap.p50_ns faults:.viommu.faults \
-      polled:.viommu.poll.polled_requests poll_cpu_share:.viommu.poll.cpu_share_of_one_core; do
+      polled:.viommu.poll.polled_requests poll_cpu_share:.viommu.poll.cpu_share_of_one_core \
+      kvm_exits:.kvm.exits.total kvm_io_exits:.kvm.exits.by_reason.io \
+      kvm_mmio_exits:.kvm.exits.by_reason.mmio vmm_exits:.exits.total.count \
+      vmm_exit_ns:.exits.total.ns; do
     v=$(jv "${f#*:}"); [ -n "$v" ] && row="$row ${f%%:*}=$v"
   done
   row="$row$(sample_fields)"
