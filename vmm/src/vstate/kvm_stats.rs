@@ -23,7 +23,11 @@ use kvm_bindings::{
 };
 use serde_json::{Map, Value};
 
-vmm_sys_util::ioctl_io_nr!(KVM_GET_STATS_FD, kvm_bindings::KVMIO, 0xce);
+/// The ioctl number, private to this module (kvm-ioctls 0.25 lacks it).
+mod ioctls {
+    vmm_sys_util::ioctl_io_nr!(KVM_GET_STATS_FD, kvm_bindings::KVMIO, 0xce);
+}
+use ioctls::KVM_GET_STATS_FD;
 
 /// Size of `struct kvm_stats_header`.
 const HEADER_LEN: usize = 24;
