@@ -16,7 +16,7 @@ group @vfio-devs    virtio-iommu e1000e
 
 # Checks.
 group @boot    cpus blk-read net-ping net-l1-to-l2 net-l2-to-l1 vmm-exit blk-write
-group @viommu  viommu-bound group-type blk-read net-ping net-l1-to-l2 net-l2-to-l1-data blk-write vmm-exit stats-shape
+group @viommu  viommu-bound group-type blk-read net-ping net-l1-to-l2 net-l2-to-l1-data blk-write vmm-exit stats-shape kvm-exits
 group @vfio-l1 vfio-bind vfio-errors
 group @vfio    link-up# group-type# net-ping# net-l1-to-l2# net-l2-to-l1# vmm-exit# stats-shape#
 group @poll    poll-notify# poll-idle#
@@ -68,7 +68,7 @@ scenario viommu-hostile prep=tap work=hostile modes=strict vcpus=1 npt=1 backing
 # modes (`lab/run demo`): the viommu workload under every policy in one
 # L1 boot, one LAB-ROW line per L2 run.
 scenario modes prep=tap work=viommu modes=off,passthrough,lazy,strict,strict+poll npt=0 \
-  l2_modules=@viommu-devs checks=vmm-exit,net-l1-to-l2,blk-write
+  l2_modules=@viommu-devs checks=vmm-exit,net-l1-to-l2,blk-write,kvm-exits
 
 # vfio-compare (`lab/run poll`): TCP, then Redis served by L2 to
 # redis-benchmark in L1, over the assigned NIC, notified and polled.

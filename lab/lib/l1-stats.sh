@@ -66,7 +66,9 @@ sample_fields() {
 
 # One LAB-ROW line (the per-mode tables of `lab/run demo` and `lab/run
 # poll`) for the L2 run just ended: timings from L2's console, the VMM's
-# request counters, the samples, and Redis results if any.
+# request counters, its exit counts over the whole run (kvm_*: KVM's
+# statistics; vmm_exits, vmm_exit_ns: exits handled by iovmm's run loop
+# and their time), the samples, and Redis results if any.
 emit_row() {
   local row f v
   row="LAB-ROW mode=$MODE${POLL:++poll} mib=$MIB"
@@ -75,7 +77,10 @@ emit_row() {
   for f in map:.viommu.requests.map unmap:.viommu.requests.unmap notifications:.viommu.notifications \
       unmap_batches:.viommu.unmap_batches map_p50_ns:.viommu.latency.map.p50_ns \
       unmap_p50_ns:.viommu.latency.unmap.p50_ns faults:.viommu.faults \
-      polled:.viommu.poll.polled_requests poll_cpu_share:.viommu.poll.cpu_share_of_one_core; do
+      polled:.viommu.poll.polled_requests poll_cpu_share:.viommu.poll.cpu_share_of_one_core \
+      kvm_exits:.kvm.exits.total kvm_io_exits:.kvm.exits.by_reason.io \
+      kvm_mmio_exits:.kvm.exits.by_reason.mmio vmm_exits:.exits.total.count \
+      vmm_exit_ns:.exits.total.ns; do
     v=$(jv "${f#*:}"); [ -n "$v" ] && row="$row ${f%%:*}=$v"
   done
   row="$row$(sample_fields)"
@@ -127,3 +132,17 @@ stats_applies() {
 
 # stats_dump: iovmm's stats file between markers (lab/run keeps L1's log).
 stats_dump() { [ -f /tmp/stats.json ] && { echo "LAB-STATS-BEGIN"; cat /tmp/stats.json; echo "LAB-STATS-END"; }; }
+
+# kvm-exits$SFX: iovmm's VM exits from KVM's binary statistics (the sum of
+# its vCPUs' `exits`, .kvm.exits.total in the stats) against L1's KVM
+# counter over the VMM's life (samples vmm-start..vmm-exit; only L2 runs
+# in L1's KVM, so that delta is L2's exits). Pass within 5%.
+kvm_exits_check() {
+  local own l1 d
+  if [ "$VMM" = qemu ]; then skip kvm-exits$SFX "QEMU writes no iovmm stats"; return; fi
+  own=$(jv .kvm.exits.total); l1=$(sample_delta vmm-start vmm-exit exits)
+  echo "LAB-L1 kvm-exits iovmm_kvm=${own:-none} l1=${l1:-none} by_reason=$(jq -c '.kvm.exits.by_reason' /tmp/stats.json 2>/dev/null) iovmm_own=$(jq -c '.exits | {total, by_reason: (.by_reason | with_entries(select(.value.count > 0)))}' /tmp/stats.json 2>/dev/null)"
+  d=$(awk -v a="${own:-0}" -v b="${l1:-0}" 'BEGIN { if (b > 0) printf "%.2f", (a - b) * 100 / b }')
+  [ -n "$own" ] && [ -n "$d" ] && awk -v d="$d" 'BEGIN { exit !(d <= 5 && d >= -5) }'
+  check kvm-exits$SFX $((! $?)) "iovmm=${own:-none} l1=${l1:-none} diff_pct=${d:-none} (want within 5%)"
+}

@@ -2,7 +2,8 @@
 # MODE, POLL, ROUND/SFX): L2 gets virtio-blk and virtio-net behind the
 # virtual IOMMU (none for MODE=off); $MIB MiB move each way over the
 # network and through the disk; the VMM's stats are checked for the shape
-# the mode implies, and one LAB-ROW line sums the run up for the tables.
+# the mode implies, iovmm's KVM exit count is compared with L1's, and one
+# LAB-ROW line sums the run up for the tables.
 # POLL: the request queue is polled (--iommu-poll $POLL, budget scaled for
 # emulation) and L2 idles after the transfers so that the idle poll
 # thread can be measured.
@@ -30,6 +31,7 @@ echo "LAB-L1 received sha=$RX_SHA bytes=$(wc -c < /tmp/rx.bin)"
 
 emit_row
 stats_dump
+kvm_exits_check
 if stats_applies; then
   MAPS=$(jv .viommu.requests.map); UNMAPS=$(jv .viommu.requests.unmap); ATT=$(jv .viommu.requests.attach)
   UB=$(jv .viommu.unmap_batches); FAULTS=$(jv .viommu.faults)

@@ -41,7 +41,9 @@ stall() {
 }
 
 # watch_l2 PID DISK: runs while the VMM does. Samples L1's counters at
-# every "LAB-L2 mark NAME" (one line in /tmp/samples.txt: KVM exits,
+# VMM start, at every "LAB-L2 mark NAME" and at VMM exit (marks vmm-start
+# and vmm-exit: the highest KVM exit count seen while the VMM lived; one
+# line each in /tmp/samples.txt: KVM exits,
 # packets of $SAMPLE_IF, the virtio-iommu thread's CPU ticks, L1's
 # uptime; KVM's counters vanish with the VM), stops a panicked L2 that did
 # not reset, and enforces the limits:
@@ -60,11 +62,19 @@ watch_l2() {
   t=$(arg l2_timeout); t=${t:-600}
   VM_PID=$pid
   : > /tmp/samples.txt
+  # L1's KVM exit count before the VMM created its VM (run_l2 read it),
+  # and the highest count seen while the VMM lives (L1's counter only sums
+  # live VMs: it drops when the VM goes, so the last read could miss it).
+  echo "vmm-start exits=${KVM_EXITS0:-0} t=$(cut -d' ' -f1 /proc/uptime)" >> /tmp/samples.txt
+  local ke kmax=${KVM_EXITS0:-0}
+  echo "$kmax" > /tmp/kvm_exits.max
   # Progress references: L2's console or disk is newer than these after a write.
   echo > /tmp/l2.seen; echo > /tmp/disk.seen
   start=$(up); since=$start; last=$start; beat=$start
   echo "LAB-L1 phase boot (VMM started; limit ${lboot}s to \"LAB-L2 up\")"
   while kill -0 "$pid" 2>/dev/null; do
+    ke=0; read -r ke 2>/dev/null < /sys/kernel/debug/kvm/exits
+    if [ "${ke:-0}" -gt "$kmax" ]; then kmax=$ke; echo "$kmax" > /tmp/kvm_exits.max; fi
     # A panicked L2 normally resets (iovmm adds reboot=k; exit code 3); if
     # it does not, stop the VMM now rather than at a limit.
     if grep -q 'Kernel panic - not syncing' /tmp/l2.log 2>/dev/null; then
@@ -163,6 +173,7 @@ run_l2() {
   done
   h=$(arg hang); [ -n "$h" ] && cmdline="$cmdline lab.hang=$h"
   rm -f /tmp/l2.log; : > /tmp/l2.log  # one run's console per file (iovmm appends)
+  KVM_EXITS0=$(kvm_exits)  # before the VMM's VM exists (the sampler's vmm-start)
   if [ "$DEMO" = 1 ]; then tail -f /tmp/l2.log & tl=$!; fi
   if [ "$VMM" = qemu ]; then
     a="-machine q35,accel=kvm -cpu host -smp $L2_VCPUS -m 512 -nographic -no-reboot -nodefaults -kernel /tmp/bzImage -initrd /tmp/l2.cpio.gz"
@@ -194,6 +205,8 @@ run_l2() {
   wait "$pid"
   L2_EXIT=$?
   kill "$wd" 2>/dev/null
+  wait "$wd" 2>/dev/null
+  echo "vmm-exit exits=$(cat /tmp/kvm_exits.max 2>/dev/null || echo 0) t=$(cut -d' ' -f1 /proc/uptime)" >> /tmp/samples.txt
   [ -n "$tl" ] && { sleep 1; kill "$tl"; }
   echo "LAB-L1 vmm exit=$L2_EXIT"
   # Name the kernel addresses of vCPU state dumps (verbose runs: L1 and L2

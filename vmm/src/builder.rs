@@ -14,6 +14,7 @@ use crate::layout::MemoryLayout;
 use crate::memory::{self, MemoryError};
 use crate::stats::StatsWriter;
 use crate::vstate::interrupts::GsiRouter;
+use crate::vstate::kvm_stats::VmKvmStats;
 use crate::vstate::vcpu::{Vcpu, VcpuError};
 use crate::vstate::vm::{Vm, VmError};
 
@@ -156,15 +157,6 @@ pub fn build_and_start(cfg: &VmConfig) -> Result<RunningVm, BuildError> {
     let exit = Arc::new(ExitSignal::new()?);
     let router = GsiRouter::new(vm.fd().clone())?;
     let devices = DeviceManager::new(&vm, cfg, &mem, &layout, &router, &exit)?;
-    let stats = cfg.stats_file.as_ref().map(|p| {
-        Arc::new(StatsWriter::new(
-            p.clone(),
-            (cfg.iommu_mode, cfg.iommu_poll),
-            devices.viommu.clone(),
-            devices.device_stats.clone(),
-            devices.vfio_stats(),
-        ))
-    });
     let rsdp = crate::acpi::create_acpi_tables(&mem, cfg.vcpus, &layout, devices.viot.as_ref())
         .map_err(|e| BuildError::Acpi(e.to_string()))?;
     let cmdline = boot::cmdline_with_reboot(&crate::config::iommu::cmdline_with_mode(
@@ -186,6 +178,23 @@ pub fn build_and_start(cfg: &VmConfig) -> Result<RunningVm, BuildError> {
     if let Some(bsp) = vcpus.first() {
         bsp.setup_boot(&mem, kernel.entry)?;
     }
+    let stats = cfg.stats_file.as_ref().map(|p| {
+        let mut kvm = VmKvmStats::new();
+        kvm.open_vm(vm.fd().as_ref());
+        for (i, v) in vcpus.iter().enumerate() {
+            kvm.open_vcpu(i, v.fd());
+        }
+        Arc::new(
+            StatsWriter::new(
+                p.clone(),
+                (cfg.iommu_mode, cfg.iommu_poll),
+                devices.viommu.clone(),
+                devices.device_stats.clone(),
+                devices.vfio_stats(),
+            )
+            .with_exits(kvm, vcpus.iter().map(Vcpu::exit_stats).collect()),
+        )
+    });
     tracing::info!(
         vcpus = cfg.vcpus,
         memory_mib = cfg.memory >> 20,

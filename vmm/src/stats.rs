@@ -3,7 +3,9 @@
 //! makes every vCPU log its registers, for diagnosing a hung guest), and
 //! the thread that serves the process's signals: SIGUSR1, and SIGTERM /
 //! SIGINT, which stop the VM through the normal exit path (stats written,
-//! VFIO DMA unmapped) instead of killing the process.
+//! VFIO DMA unmapped) instead of killing the process. Besides the device
+//! counters it holds KVM's binary statistics (`kvm`) and iovmm's own
+//! per-reason exit counts (`exits`); docs/viommu.md lists the keys.
 
 use std::io;
 use std::path::PathBuf;
@@ -19,6 +21,8 @@ use crate::config::iommu::PollConfig;
 use crate::config::IommuMode;
 use crate::device_manager::vfio::VfioStats;
 use crate::device_manager::DeviceStats;
+use crate::vstate::exit_stats::{self, ExitStats};
+use crate::vstate::kvm_stats::VmKvmStats;
 
 /// The SIGTERM/SIGINT that stopped the VM (0: none yet).
 static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
@@ -31,6 +35,8 @@ pub struct StatsWriter {
     viommu: Option<Arc<IommuState>>,
     devices: Vec<(String, DeviceStats)>,
     vfio: Option<VfioStats>,
+    kvm: Option<VmKvmStats>,
+    exits: Vec<Arc<ExitStats>>,
     started: Instant,
 }
 
@@ -50,8 +56,18 @@ impl StatsWriter {
             viommu,
             devices,
             vfio,
+            kvm: None,
+            exits: Vec::new(),
             started: Instant::now(),
         }
+    }
+
+    /// Adds KVM's binary statistics of the VM and its vCPUs and iovmm's
+    /// exit counters of each vCPU (the `kvm` and `exits` keys).
+    pub fn with_exits(mut self, kvm: VmKvmStats, exits: Vec<Arc<ExitStats>>) -> Self {
+        self.kvm = Some(kvm);
+        self.exits = exits;
+        self
     }
 
     /// The current counters.
@@ -74,6 +90,8 @@ impl StatsWriter {
                 .map(|(name, s)| (name.clone(), s.to_json()))
                 .collect::<serde_json::Map<_, _>>(),
             "vfio": vfio,
+            "kvm": self.kvm.as_ref().map(VmKvmStats::to_json),
+            "exits": exit_stats::to_json(self.exits.iter().map(|e| e.as_ref())),
         })
     }
 
@@ -252,6 +270,36 @@ mod tests {
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         assert!(v["viommu"].is_null());
         assert_eq!(v["iommu_poll"]["mode"], "off");
+        assert!(v["kvm"].is_null(), "no KVM stats files given");
+        assert_eq!(v["exits"]["total"]["count"], 0);
+    }
+
+    #[test]
+    fn exits_of_every_vcpu_are_summed() {
+        use crate::vstate::exit_stats::{ExitKind, ExitRegion};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        let vcpus = vec![Arc::new(ExitStats::new()), Arc::new(ExitStats::new())];
+        vcpus[0].record(ExitKind::MmioRead, Some(ExitRegion::MmioPciBar), 40);
+        vcpus[1].record(ExitKind::MmioRead, Some(ExitRegion::MmioPciEcam), 60);
+        let w = StatsWriter::new(
+            path.clone(),
+            (IommuMode::Off, PollConfig::default()),
+            None,
+            Vec::new(),
+            None,
+        )
+        .with_exits(VmKvmStats::new(), vcpus);
+        w.write().unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(
+            v["exits"]["by_reason"]["mmio_read"],
+            json!({"count": 2, "ns": 100})
+        );
+        assert_eq!(v["exits"]["by_region"]["mmio_pci_ecam"]["count"], 1);
+        assert_eq!(v["kvm"]["vcpus"], json!([]));
+        assert!(v["kvm"]["exits"]["total"].is_null());
     }
 
     #[test]

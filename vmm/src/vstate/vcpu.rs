@@ -1,8 +1,9 @@
 //! vCPUs: boot register state and the run loop that dispatches exits to
-//! the port-I/O and MMIO buses.
+//! the port-I/O and MMIO buses and counts them ([`super::exit_stats`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use kvm_bindings::{
     kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, Msrs, KVM_MAX_CPUID_ENTRIES,
@@ -15,6 +16,7 @@ use devices::bus::Bus;
 use devices::legacy::{ExitReason, ExitSignal};
 
 use super::cpuid;
+use super::exit_stats::{ExitKind, ExitRegion, ExitStats};
 use super::vm::{Vm, VmError};
 use crate::layout;
 
@@ -163,6 +165,7 @@ pub enum VcpuError {
 pub struct Vcpu {
     id: u8,
     fd: VcpuFd,
+    exits: Arc<ExitStats>,
 }
 
 impl Vcpu {
@@ -228,7 +231,21 @@ impl Vcpu {
             }
         }
         fd.set_lapic(&lapic).map_err(|e| k("SET_LAPIC", e))?;
-        Ok(Vcpu { id, fd })
+        Ok(Vcpu {
+            id,
+            fd,
+            exits: Arc::new(ExitStats::new()),
+        })
+    }
+
+    /// The KVM vCPU fd (for its binary stats file).
+    pub fn fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+
+    /// The exit counters the run loop of this vCPU writes.
+    pub fn exit_stats(&self) -> Arc<ExitStats> {
+        self.exits.clone()
     }
 
     /// Sets the boot vCPU's registers, segments and (for Linux64) page tables.
@@ -298,6 +315,7 @@ impl Vcpu {
         mem: GuestMemoryMmap,
     ) {
         let id = self.id;
+        let exits = self.exits.clone();
         let mut dumps_seen = DUMP_REQUEST.load(Ordering::SeqCst);
         loop {
             if exit.is_requested() {
@@ -308,66 +326,83 @@ impl Vcpu {
                 dumps_seen = dumps;
                 self.log_state(&mem);
             }
-            let reason = match self.fd.run() {
+            let run = self.fd.run();
+            // One clock read pair per exit: handling time in the VMM.
+            let t0 = Instant::now();
+            let (kind, region, stop) = match run {
                 Ok(VcpuExit::IoIn(port, data)) => {
                     if !pio.read(u64::from(port), data) {
+                        exits.unclaimed(false);
                         data.fill(0xff);
                     }
-                    continue;
+                    (ExitKind::IoIn, Some(ExitRegion::of_port(port)), None)
                 }
                 Ok(VcpuExit::IoOut(port, data)) => {
-                    pio.write(u64::from(port), data);
-                    continue;
+                    if !pio.write(u64::from(port), data) {
+                        exits.unclaimed(false);
+                    }
+                    (ExitKind::IoOut, Some(ExitRegion::of_port(port)), None)
                 }
                 Ok(VcpuExit::MmioRead(addr, data)) => {
                     if !mmio.read(addr, data) {
+                        exits.unclaimed(true);
                         tracing::trace!(vcpu = id, addr, "read of unclaimed MMIO");
                         data.fill(0xff);
                     }
-                    continue;
+                    (ExitKind::MmioRead, Some(ExitRegion::of_mmio(addr)), None)
                 }
                 Ok(VcpuExit::MmioWrite(addr, data)) => {
                     if !mmio.write(addr, data) {
+                        exits.unclaimed(true);
                         tracing::trace!(vcpu = id, addr, "write to unclaimed MMIO");
                     }
-                    continue;
+                    (ExitKind::MmioWrite, Some(ExitRegion::of_mmio(addr)), None)
                 }
-                Ok(VcpuExit::Hlt) | Ok(VcpuExit::Intr) | Ok(VcpuExit::IrqWindowOpen) => continue,
+                Ok(VcpuExit::Hlt) => (ExitKind::Hlt, None, None),
+                Ok(VcpuExit::Intr) => (ExitKind::Intr, None, None),
+                Ok(VcpuExit::IrqWindowOpen) => (ExitKind::IrqWindowOpen, None, None),
                 Ok(VcpuExit::Shutdown) => {
                     tracing::info!(
                         vcpu = id,
                         "guest triple fault / shutdown: treating as reset"
                     );
-                    ExitReason::Reset
+                    (ExitKind::Shutdown, None, Some(ExitReason::Reset))
                 }
-                Ok(VcpuExit::SystemEvent(ty, _)) => match ty {
-                    KVM_SYSTEM_EVENT_SHUTDOWN => ExitReason::PowerOff,
-                    KVM_SYSTEM_EVENT_RESET => ExitReason::Reset,
-                    KVM_SYSTEM_EVENT_CRASH => ExitReason::Crash,
-                    other => {
-                        tracing::error!(vcpu = id, other, "unknown KVM system event");
-                        ExitReason::Error
-                    }
-                },
+                Ok(VcpuExit::SystemEvent(ty, _)) => {
+                    let reason = match ty {
+                        KVM_SYSTEM_EVENT_SHUTDOWN => ExitReason::PowerOff,
+                        KVM_SYSTEM_EVENT_RESET => ExitReason::Reset,
+                        KVM_SYSTEM_EVENT_CRASH => ExitReason::Crash,
+                        other => {
+                            tracing::error!(vcpu = id, other, "unknown KVM system event");
+                            ExitReason::Error
+                        }
+                    };
+                    (ExitKind::SystemEvent, None, Some(reason))
+                }
                 Ok(VcpuExit::FailEntry(reason, cpu)) => {
                     tracing::error!(vcpu = id, reason, cpu, "KVM entry failure");
-                    ExitReason::Error
+                    (ExitKind::Fatal, None, Some(ExitReason::Error))
                 }
                 Ok(VcpuExit::InternalError) => {
                     tracing::error!(vcpu = id, "KVM internal error (emulation failure)");
-                    ExitReason::Error
+                    (ExitKind::Fatal, None, Some(ExitReason::Error))
                 }
                 Ok(other) => {
                     tracing::error!(vcpu = id, exit = ?other, "unexpected vCPU exit");
-                    ExitReason::Error
+                    (ExitKind::Fatal, None, Some(ExitReason::Error))
                 }
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    (ExitKind::Signal, None, None)
+                }
                 Err(e) => {
                     let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or(0);
                     tracing::error!(vcpu = id, error = %e, rip = format_args!("{rip:#x}"), "KVM_RUN failed");
-                    ExitReason::Error
+                    (ExitKind::Fatal, None, Some(ExitReason::Error))
                 }
             };
+            exits.record(kind, region, t0.elapsed().as_nanos() as u64);
+            let Some(reason) = stop else { continue };
             exit.request(reason);
             return;
         }
