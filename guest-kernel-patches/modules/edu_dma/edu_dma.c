@@ -276,6 +276,12 @@ out_free:
 	return ret;
 }
 
+/* ns to us; -1 (none) stays -1. */
+static s64 ed_us(s64 ns)
+{
+	return ns < 0 ? -1 : div_s64(ns, NSEC_PER_USEC);
+}
+
 static int ed_cmp_s64(const void *a, const void *b)
 {
 	s64 x = *(const s64 *)a, y = *(const s64 *)b;
@@ -376,10 +382,9 @@ static int ed_cmd_window(struct ed_dev *d, unsigned int n, unsigned int maxms)
 	       "landed_min_us=%lld landed_p50_us=%lld landed_p99_us=%lld landed_max_us=%lld "
 	       "missed_min_us=%lld missed_max_us=%lld error=%d\n",
 	       i, maxms, landed, missed, before, partial,
-	       div_s64(ed_pct(lat, landed, 0), 1000), div_s64(ed_pct(lat, landed, 50), 1000),
-	       div_s64(ed_pct(lat, landed, 99), 1000),
-	       div_s64(landed ? lat[landed - 1] : -1000, 1000),
-	       div_s64(miss_min, 1000), div_s64(miss_max, 1000), ret);
+	       ed_us(ed_pct(lat, landed, 0)), ed_us(ed_pct(lat, landed, 50)),
+	       ed_us(ed_pct(lat, landed, 99)), ed_us(landed ? lat[landed - 1] : -1),
+	       ed_us(miss_min), ed_us(miss_max), ret);
 out:
 	kfree(lat);
 	if (dst)

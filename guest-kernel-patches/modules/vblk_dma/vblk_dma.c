@@ -45,6 +45,10 @@
 #define VB_MAX_TRIES 1000
 #define VB_FILL 0xee
 
+static bool indirect;
+module_param(indirect, bool, 0444);
+MODULE_PARM_DESC(indirect, "use indirect descriptors (each request then maps its table; default off)");
+
 /* What the device reads (header) and writes (status): kept mapped. */
 struct vb_req {
 	struct virtio_blk_outhdr hdr;
@@ -196,7 +200,7 @@ static int vb_cmd_once(struct vb_dev *d, u8 want)
 		goto stuck;
 	second = vb_state(page_address(page), want);
 	vb_out("once dma_api=%d indirect=%d iova=0x%llx first=%s first_status=%s second=%s second_status=%s\n",
-	       d->dma != NULL, virtio_has_feature(d->vdev, VIRTIO_RING_F_INDIRECT_DESC), (u64)a,
+	       d->dma != NULL, indirect, (u64)a,
 	       first, vb_status(s1), second, vb_status(s2));
 	__free_page(page);
 	return 0;
@@ -204,6 +208,12 @@ stuck:
 	/* The device still holds the request: the page is never freed. */
 	vb_out("once error=timeout stuck=1\n");
 	return -ETIMEDOUT;
+}
+
+/* ns to us; -1 (none) stays -1. */
+static s64 vb_us(s64 ns)
+{
+	return ns < 0 ? -1 : div_s64(ns, NSEC_PER_USEC);
 }
 
 static int vb_cmp_s64(const void *a, const void *b)
@@ -293,9 +303,9 @@ static int vb_cmd_window(struct vb_dev *d, unsigned int n, unsigned int ms, u8 w
 	sort(win, i, sizeof(*win), vb_cmp_s64, NULL);
 	vb_out("window tries=%u bound_ms=%u closed=%u open=%u no_dma_after_unmap=%u reads=%u "
 	       "min_us=%lld p50_us=%lld p99_us=%lld max_us=%lld error=%d\n",
-	       i, ms, closed, open, zero, reads, div_s64(vb_pct(win, i, 0), 1000),
-	       div_s64(vb_pct(win, i, 50), 1000), div_s64(vb_pct(win, i, 99), 1000),
-	       div_s64(i ? win[i - 1] : -1000, 1000), ret);
+	       i, ms, closed, open, zero, reads, vb_us(vb_pct(win, i, 0)),
+	       vb_us(vb_pct(win, i, 50)), vb_us(vb_pct(win, i, 99)),
+	       vb_us(i ? win[i - 1] : -1), ret);
 	if (page)
 		__free_page(page);
 	kfree(win);
@@ -371,6 +381,15 @@ static int vb_probe(struct virtio_device *vdev)
 		goto err_free;
 	}
 	d->vdev = vdev;
+	/*
+	 * No indirect descriptors: the ring would map each request's indirect
+	 * table, and under lazy that MAP makes the virtio-iommu driver send
+	 * the UNMAPs it queued (one request queue, served in order), closing
+	 * the window before the stale read. A negotiated INDIRECT_DESC only
+	 * allows the driver to use it; the ring is built without it.
+	 */
+	if (!indirect)
+		__virtio_clear_bit(vdev, VIRTIO_RING_F_INDIRECT_DESC);
 	d->vq = virtio_find_single_vq(vdev, NULL, "vblk_dma");
 	if (IS_ERR(d->vq)) {
 		ret = PTR_ERR(d->vq);
