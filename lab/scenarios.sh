@@ -65,6 +65,22 @@ scenario viommu-hostile prep=tap work=hostile modes=strict vcpus=1 npt=1 backing
   l2_modules=viommu_test l2_files="$LAB_CACHE/guest-modules/viommu_test.ko:/lib/modules/viommu_test.ko" \
   checks=vt-bound,flood-batched,flood-single,@spec,@broken,vmm-exit
 
+# protect: the protection proof (docs/protection.md). L1 gets QEMU's edu
+# (prep=edu: bound to vfio-pci, assigned to L2); L2 gets it and a
+# virtio-blk behind iovmm's virtio-iommu, and the project's modules
+# edu_dma and vblk_dma make each DMA into a page, unmap it and DMA to the
+# stale address again, once per mode in one L1 boot. protect-ci: strict
+# and lazy only (CI).
+group @protect-mods virtio-iommu edu_dma vblk_dma
+group @protect-l2   edu-bind edu-bound vmm-exit
+scenario protect prep=edu work=protect modes=strict,lazy,passthrough,off npt=0 timeout=2400 l2_timeout=900 \
+  prebuild='for m in edu_dma vblk_dma; do ko=$(guest-kernel-patches/build.sh "$KPKG" "$LAB_CACHE/guest-modules" $m) && cp "$ko" "$LAB_CACHE/guest-modules/$m.ko" || exit 1; done' \
+  l2_modules=@protect-mods \
+  l2_files="$LAB_CACHE/guest-modules/edu_dma.ko:/lib/modules/edu_dma.ko,$LAB_CACHE/guest-modules/vblk_dma.ko:/lib/modules/vblk_dma.ko" \
+  checks=@protect-l2,protect-strict-edu,protect-strict-virtio,protect-lazy-window,protect-lazy-virtio-window,protect-passthrough,protect-off
+scenario protect-ci alias=protect modes=strict,lazy timeout=1500 \
+  checks=@protect-l2,protect-strict-edu,protect-strict-virtio,protect-lazy-window,protect-lazy-virtio-window
+
 # modes (`lab/run demo`): the viommu workload under every policy in one
 # L1 boot, one LAB-ROW line per L2 run.
 scenario modes prep=tap work=viommu modes=off,passthrough,lazy,strict,strict+poll npt=0 \
