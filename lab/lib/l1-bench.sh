@@ -25,14 +25,17 @@ fi
 
 vmm_pid() { cat /tmp/vmm.pid 2>/dev/null; }
 vmm_alive() { local p; p=$(vmm_pid); [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
-# thread_ticks PID PATTERN: CPU ticks (1/100 s) of the threads whose name
-# matches PATTERN (a case pattern), summed.
+# thread_ticks PID PATTERN...: CPU ticks (1/100 s) of the threads whose
+# name matches one of the PATTERNs (case patterns), summed.
 thread_ticks() {
-  local th n=0 c
-  for th in /proc/$1/task/*; do
+  local th n=0 c p pid=$1
+  shift
+  for th in /proc/$pid/task/*; do
     c=$(cat $th/comm 2>/dev/null)
-    # shellcheck disable=SC2254
-    case "$c" in $2) n=$((n + $(awk '{print $14 + $15}' $th/stat 2>/dev/null || echo 0)));; esac
+    for p in "$@"; do
+      # shellcheck disable=SC2254
+      case "$c" in $p) n=$((n + $(awk '{print $14 + $15}' $th/stat 2>/dev/null || echo 0))); break;; esac
+    done
   done
   echo $n
 }
@@ -42,7 +45,7 @@ snap() {
   local p i=0
   p=$(vmm_pid)
   SNAP_T=$(cut -d' ' -f1 /proc/uptime); SNAP_EXITS=$(kvm_exits); SNAP_PKTS=$(if_packets "$SAMPLE_IF")
-  SNAP_VCPU=$(thread_ticks "$p" 'vcpu*|CPU*'); SNAP_DEV=$(thread_ticks "$p" virtio-iommu)
+  SNAP_VCPU=$(thread_ticks "$p" 'vcpu*' 'CPU *'); SNAP_DEV=$(thread_ticks "$p" virtio-iommu)
   rm -f "/tmp/snap-$1.json"
   [ "$VMM" = iovmm ] && [ -n "$p" ] || return 0
   rm -f /tmp/stats.json
