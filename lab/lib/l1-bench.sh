@@ -111,8 +111,11 @@ run_item() {
         }' /tmp/item.out);;
     nginx-*)
       timeout $((BENCH_SECS + 60)) wrk -t1 -c4 -d"${BENCH_SECS}s" --latency "http://$L2_IP/${1#nginx-}" > /tmp/item.out 2>&1
+      # A run with error responses ("Non-2xx or 3xx responses") or socket
+      # errors gives no numbers.
       out=$(awk '/^ +50%/ { p50 = $2 } /^ +99%/ { p99 = $2 } /requests in/ { ops = $1 } /^Requests\/sec:/ { rps = $2 }
-        END { if (rps + 0 > 0 && ops + 0 > 0) print rps, ops, p50, p99 }' /tmp/item.out)
+        /Non-2xx|Socket errors/ { bad = 1 }
+        END { if (!bad && rps + 0 > 0 && ops + 0 > 0) print rps, ops, p50, p99 }' /tmp/item.out)
       # shellcheck disable=SC2086
       [ -n "$out" ] && set -- $out && R="unit=req/s throughput=$1 p50_us=$(us "$3") p99_us=$(us "$4") ops=$2";;
     iperf3-tx|iperf3-rx)
@@ -154,7 +157,7 @@ bench_client() {
     row="$row vcpu_ticks=$((SNAP_VCPU - V_BEFORE)) dev_ticks=$((SNAP_DEV - D_BEFORE)) $(stat_fields)"
     echo "$row" | tee -a /tmp/bench-rows.txt
   done
-  [ "$ready" = 1 ] && echo done | timeout 10 nc $L2_IP 5005 > /dev/null 2>&1
+  [ "$ready" = 1 ] && timeout 10 nc $L2_IP 5005 < /dev/null > /dev/null 2>&1
   # bench-smoke's checks: each workload family gave numbers in this cell.
   for fam in redis memcached nginx iperf3; do
     grep -q " workload=$fam-" /tmp/bench-rows.txt || continue

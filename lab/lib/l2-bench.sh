@@ -21,7 +21,7 @@ cat > /var/nginx/nginx.conf <<'CONF'
 daemon on;
 worker_processes 1;
 pid /var/nginx/nginx.pid;
-error_log stderr;
+error_log /tmp/nginx-error.log error;
 events { worker_connections 256; }
 http {
   access_log off;
@@ -40,7 +40,8 @@ nginx -e stderr -p /var/nginx -c /var/nginx/nginx.conf || echo "LAB-L2 bench ngi
 iperf3 -s -D -p 5201 || echo "LAB-L2 bench iperf3 failed"
 sleep 2
 mark bench-ready
-timeout "${BENCH_L2_WAIT:-1500}" nc -l -p 5005 > /dev/null
+# Any connection is the signal (stdin from /dev/null: no console input).
+timeout "${BENCH_L2_WAIT:-1500}" nc -l -p 5005 < /dev/null > /dev/null
 mark bench-end
 # The link goes down while the virtual IOMMU still serves requests
 # (l2-vfio.sh says why).
