@@ -93,7 +93,7 @@ run_item() {
       d=${1#memcached-}; [ "$d" = 1k ] && d=1024
       # memcaslap: 90% get / 10% set of $d-byte values, 4 connections;
       # -S: the latency statistics (printed once per interval and at the end).
-      timeout $((BENCH_SECS + 60)) memcaslap -s $L2_IP:11211 -t "${BENCH_SECS}s" -S "${BENCH_SECS}s" -c 4 -T 1 -X "$d" > /tmp/item.out 2>&1
+      HOME=/tmp timeout $((BENCH_SECS + 60)) memcaslap -s $L2_IP:11211 -t "${BENCH_SECS}s" -S "${BENCH_SECS}s" -c 4 -T 1 -X "$d" > /tmp/item.out 2>&1
       # Throughput: the last "Global" line after "Total Statistics";
       # percentiles: the upper bound of the power-of-two bucket (µs) of
       # the get and set latency histograms ("Log2 Dist") together.
@@ -110,7 +110,7 @@ run_item() {
           if (n > 0) printf " p50_us=%d p99_us=%d", p50, p99
         }' /tmp/item.out);;
     nginx-*)
-      timeout $((BENCH_SECS + 60)) wrk -t1 -c4 -d"${BENCH_SECS}s" --latency "http://$L2_IP/${1#nginx-}" > /tmp/item.out 2>&1
+      timeout $((BENCH_SECS + 60)) wrk -t1 -c4 -d"${BENCH_SECS}s" --latency "http://$L2_IP:80/${1#nginx-}" > /tmp/item.out 2>&1
       # A run with error responses ("Non-2xx or 3xx responses") or socket
       # errors gives no numbers.
       out=$(awk '/^ +50%/ { p50 = $2 } /^ +99%/ { p99 = $2 } /requests in/ { ops = $1 } /^Requests\/sec:/ { rps = $2 }
@@ -182,7 +182,8 @@ grep '^LAB-CHECK \|^LAB-ROW ' /tmp/bench-client.log
 if [ "${BENCH_CHECKS:-0}" = 1 ] && [ "$VMM" = iovmm ]; then
   BAD=$(grep ' failed=0 ' /tmp/bench-rows.txt | awk -v m="$MODE" '{
       for (i = 2; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
-      bad = !(f["kvm_exits"] > 0 && f["vmm_exits"] > 0 && f["ops"] > 0)
+      # iovmm'"'"'s own run loop may see no exit at all: the kicks are ioeventfds.
+      bad = !(f["kvm_exits"] > 0 && f["ops"] > 0 && ("vmm_exits" in f))
       if (m == "strict") bad = bad || !(f["viommu_map"] > 0 && f["viommu_unmap"] > 0 && f["vfio_unmap_calls"] > 0)
       if (bad) printf "%s ", f["workload"] }')
   N=$(grep -c ' failed=0 ' /tmp/bench-rows.txt)

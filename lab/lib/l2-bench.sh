@@ -39,6 +39,7 @@ memcached -u root -l 10.99.1.2 -p 11211 -t 1 -m 64 -d
 nginx -e stderr -p /var/nginx -c /var/nginx/nginx.conf || echo "LAB-L2 bench nginx failed"
 iperf3 -s -D -p 5201 || echo "LAB-L2 bench iperf3 failed"
 sleep 2
+echo "LAB-L2 bench servers: $(for p in redis-server memcached nginx iperf3; do echo -n "$p=$(pidof $p | wc -w) "; done)"
 mark bench-ready
 # Any connection is the signal (stdin from /dev/null: no console input).
 timeout "${BENCH_L2_WAIT:-1500}" nc -l -p 5005 < /dev/null > /dev/null
