@@ -113,7 +113,7 @@ scenario viommu-hostile-poll alias=viommu-hostile modes=strict+poll
 # vCPU on L1's CPU 0, the VMM's other threads on CPU 1 (PLACE), L2's RAM
 # anonymous. Output: lab/.out/bench/ (iovmm-bench-report).
 group @bench-l2bins /usr/bin/redis-check-rdb:/bin/redis-server /usr/bin/memcached:/bin/memcached /usr/sbin/nginx:/bin/nginx /usr/bin/iperf3:/bin/iperf3
-group @bench-l1bins /usr/bin/redis-benchmark:/sbin/redis-benchmark /usr/bin/memcaslap:/sbin/memcaslap /usr/bin/wrk:/sbin/wrk /usr/bin/iperf3:/sbin/iperf3
+group @bench-l1bins /usr/bin/redis-benchmark:/sbin/redis-benchmark /usr/bin/memcaslap:/sbin/memcaslap /usr/bin/memcslap:/sbin/memcslap /usr/bin/wrk:/sbin/wrk /usr/bin/iperf3:/sbin/iperf3
 scenario bench prep=vfio work=bench reps=3 npt=0 vcpus=1 backing=anonymous display=table timeout=5400 l2_timeout=900 \
   modes=iovmm/off,iovmm/passthrough,iovmm/lazy,iovmm/strict,iovmm/strict+poll,qemu/off,qemu/strict \
   env=PLACE=0:1,BENCH_SECS=5,BENCH_REDIS_N=2000 \
