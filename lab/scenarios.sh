@@ -103,3 +103,24 @@ scenario poll alias=vfio-compare display=table mib=8 vcpus=1 timeout=3600 \
 scenario console alias=boot display=console
 # The hostile workload with the request queue polled (adaptive).
 scenario viommu-hostile-poll alias=viommu-hostile modes=strict+poll
+
+# bench (issue 10): the application benchmark. One L1 boot, the assigned
+# e1000e (prep=vfio); the cells are the mode items (VMM/MODE) x the
+# items of BENCH_ITEMS (Redis SET/GET 64 B and 1 KiB, Memcached, nginx 4
+# KiB and 64 KiB, iperf3 both ways) x reps (LAB_BENCH_REPS, default 3),
+# interleaved: each repetition goes round every mode item before the
+# next; one L2 boot per (VMM, mode, repetition) runs every item. One L2
+# vCPU on L1's CPU 0, the VMM's other threads on CPU 1 (PLACE), L2's RAM
+# anonymous. Output: lab/.out/bench/ (iovmm-bench-report).
+group @bench-l2bins /usr/bin/redis-check-rdb:/bin/redis-server /usr/bin/memcached:/bin/memcached /usr/sbin/nginx:/bin/nginx /usr/bin/iperf3:/bin/iperf3
+group @bench-l1bins /usr/bin/redis-benchmark:/sbin/redis-benchmark /usr/bin/memcaslap:/sbin/memcaslap /usr/bin/memcslap:/sbin/memcslap /usr/bin/wrk:/sbin/wrk /usr/bin/iperf3:/sbin/iperf3
+scenario bench prep=vfio work=bench reps=3 npt=0 vcpus=1 backing=anonymous display=table timeout=5400 l2_timeout=900 \
+  modes=iovmm/off,iovmm/passthrough,iovmm/lazy,iovmm/strict,iovmm/strict+poll,qemu/off,qemu/strict \
+  env=PLACE=0:1,BENCH_SECS=5,BENCH_REDIS_N=2000 \
+  l2_modules=@vfio-devs l2_bins=@bench-l2bins l1_bins=@bench-l1bins \
+  checks=vfio-bind,vfio-errors what="L2 with the assigned e1000e (VFIO): Redis, Memcached, nginx, iperf3 from L1"
+# bench-smoke: one short cell per workload, iovmm strict only; checks
+# that each workload gave numbers and the counters have the expected shape.
+scenario bench-smoke alias=bench reps=1 modes=iovmm/strict timeout=1800 l2_timeout=600 \
+  env=PLACE=0:1,BENCH_SECS=2,BENCH_REDIS_N=300,BENCH_ITEMS=redis-set-64+memcached-64+nginx-4k+iperf3-tx,BENCH_CHECKS=1 \
+  checks=vfio-bind,vfio-errors,bench-redis,bench-memcached,bench-nginx,bench-iperf3,bench-stats-shape,kvm-exits,vmm-exit

@@ -15,7 +15,10 @@ lab_packages() {
   # redis-tools: redis-benchmark for L1 and the server binary for L2
   # (redis-check-rdb is redis-server under another name; no service).
   # jq: the one JSON reader, here (result.json) and in L1 (iovmm's stats).
-  for p in qemu-system-x86 busybox-static cpio xz-utils zstd iproute2 gzip coreutils redis-tools jq; do
+  # memcached, nginx-light, iperf3: L2's servers of lab/run bench;
+  # libmemcached-tools (memcaslap), wrk, iperf3: its load in L1.
+  for p in qemu-system-x86 busybox-static cpio xz-utils zstd iproute2 gzip coreutils redis-tools jq \
+      memcached nginx-light iperf3 libmemcached-tools wrk; do
     dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
   done
   if [ ${#need[@]} -gt 0 ]; then
@@ -23,6 +26,8 @@ lab_packages() {
     sudo_if apt-get update -qq >/dev/null || die "apt-get update failed"
     sudo_if env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null \
       || die "apt-get install ${need[*]} failed"
+    # The packages start their services; the lab only runs the binaries.
+    for p in nginx memcached; do sudo_if service "$p" stop >/dev/null 2>&1; done
   fi
 }
 

@@ -155,23 +155,30 @@ place_qemu() {
   echo "LAB-L1 QEMU threads placed: vCPUs on ${PLACE%:*}, others on ${PLACE#*:}"
 }
 
-# run_l2 CMDLINE [--disk PATH] [--net TAP] [--iommu MODE] [--extra "iovmm args"]
-# With --iommu (not off) the disk and NIC sit behind the virtual IOMMU.
-# iovmm writes its stats to /tmp/stats.json.
+# run_l2 CMDLINE [--vmm iovmm|qemu] [--disk PATH] [--net TAP] [--vfio BDF]
+#        [--iommu MODE] [--extra "iovmm args"]
+# --vmm: this run's VMM (default $VMM, L1's lab.vmm or the mode item's).
+# With --iommu (not off) the disk, NIC and assigned device (--vfio: a
+# function bound to vfio-pci) sit behind the virtual IOMMU.
+# iovmm writes its stats to /tmp/stats.json; the VMM's PID is in
+# /tmp/vmm.pid while it runs (SIGUSR1 snapshots, l1-bench.sh).
 # Boots L2 with $L2_VCPUS vCPUs (LAB_L2_VCPUS, default 2) and 512 MiB;
 # L2's console goes to /tmp/l2.log (and live to the console in demo
 # mode). Sets L2_EXIT.
 run_l2() {
   local cmdline=$1; shift
-  local disk="" net="" extra="" iommu=off h a pid wd tl=""
+  local disk="" net="" extra="" iommu=off vfio="" vmm=$VMM h a pid wd tl=""
   while [ $# -gt 0 ]; do
     case "$1" in
       --disk) disk=$2; shift 2;; --net) net=$2; shift 2;; --extra) extra=$2; shift 2;;
-      --iommu) iommu=$2; shift 2;;
+      --iommu) iommu=$2; shift 2;; --vfio) vfio=$2; shift 2;; --vmm) vmm=$2; shift 2;;
       *) shift;;
     esac
   done
+  # The watchdog, samplers and dumps below read VMM (dynamic scope).
+  local VMM=$vmm
   h=$(arg hang); [ -n "$h" ] && cmdline="$cmdline lab.hang=$h"
+  rm -f /tmp/vmm.pid
   rm -f /tmp/l2.log; : > /tmp/l2.log  # one run's console per file (iovmm appends)
   KVM_EXITS0=$(kvm_exits)  # before the VMM's VM exists (the sampler's vmm-start)
   if [ "$DEMO" = 1 ]; then tail -f /tmp/l2.log & tl=$!; fi
@@ -185,6 +192,9 @@ run_l2() {
     fi
     [ -n "$disk" ] && a="$a -drive file=$disk,if=none,id=d0,format=raw -device virtio-blk-pci,drive=d0$ip"
     [ -n "$net" ] && a="$a -netdev tap,id=n0,ifname=$net,script=no,downscript=no -device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56$ip"
+    # QEMU's virtio-iommu-pci translates every PCI device of the machine,
+    # the assigned one included.
+    [ -n "$vfio" ] && a="$a -device vfio-pci,host=$vfio"
     [ -n "$PLACE" ] && a="$a -name l2,debug-threads=on"
     chroot /host /usr/bin/qemu-system-x86_64 $a -serial file:/tmp/l2.log -append "$cmdline" > /tmp/vmm.log 2>&1 &
     pid=$!
@@ -195,15 +205,20 @@ run_l2() {
     if [ "$iommu" != off ]; then a="$a --iommu-mode $iommu"; io=",iommu=on"; fi
     [ -n "$disk" ] && a="$a --disk path=$disk,id=lab-disk$io"
     [ -n "$net" ] && a="$a --net tap=$net,mac=52:54:00:12:34:56$io"
+    if [ -n "$vfio" ]; then
+      if [ "$iommu" = off ]; then a="$a --vfio $vfio,iommu=off"; else a="$a --vfio $vfio"; fi
+    fi
     [ -n "$PLACE" ] && a="$a --vcpu-cpus ${PLACE%:*} --io-cpus ${PLACE#*:}"
     echo "LAB-L1 iovmm $a $extra --cmdline \"$cmdline\""
     /stage/iovmm $a $extra --cmdline "$cmdline" > /tmp/vmm.log 2>&1 &
     pid=$!
   fi
+  echo "$pid" > /tmp/vmm.pid
   watch_l2 "$pid" "$disk" &
   wd=$!
   wait "$pid"
   L2_EXIT=$?
+  rm -f /tmp/vmm.pid
   kill "$wd" 2>/dev/null
   wait "$wd" 2>/dev/null
   echo "vmm-exit exits=$(cat /tmp/kvm_exits.max 2>/dev/null || echo 0) t=$(cut -d' ' -f1 /proc/uptime)" >> /tmp/samples.txt

@@ -6,7 +6,7 @@
 declare -A LAB_TABLE=() LAB_GROUPS=()
 LAB_ORDER=()
 # Every field an entry may set (README "Scenarios as data").
-LAB_FIELDS="alias prep work vmm modes poll rounds mib vcpus npt backing timeout l2_timeout checks l2_modules l2_files l2_bins l1_bins env prebuild display what"
+LAB_FIELDS="alias prep work vmm modes poll rounds reps mib vcpus npt backing timeout l2_timeout checks l2_modules l2_files l2_bins l1_bins env prebuild display what"
 
 # group @NAME ITEM...: a named list, usable as @NAME in any list field.
 group() {
@@ -100,6 +100,7 @@ lab_env() {
   q MODES "${S_modes//,/ }"
   q POLL_POLICY "$S_poll"
   q ROUNDS "${S_rounds//,/ }"
+  q REPS "$S_reps"
   q L2_MODULES "$(lab_expand "$S_l2_modules")"
   for kv in ${S_env//,/ }; do
     [[ $kv == [A-Z]*=* ]] || die "lab/scenarios.sh: env item '$kv' is not NAME=VALUE"
@@ -111,7 +112,7 @@ lab_env() {
 # DEST, default SRC); with `bin`, with the shared libraries it links.
 lab_files() {
   local item src dst
-  for item in ${1//,/ }; do
+  for item in $(lab_expand "$1"); do
     src=${item%%:*}; dst=${item#*:}; [ "$dst" = "$item" ] && dst=$src
     [ -n "$src" ] && [ -f "$src" ] || die "scenario $NAME: file '$src' (for $dst) does not exist (an unset variable in lab/scenarios.sh, or its prebuild not run?)"
     if [ "${3:-}" = bin ]; then
@@ -125,7 +126,7 @@ lab_files() {
 # lab_files_key: a hash of the extra files' contents (part of the L2 image's cache key).
 lab_files_key() {
   local item src
-  for item in ${S_l2_files//,/ } ${S_l2_bins//,/ }; do
+  for item in $(lab_expand "$S_l2_files") $(lab_expand "$S_l2_bins"); do
     src=${item%%:*}; [ -f "$src" ] && sha256sum "$src"
   done | sha256sum | cut -c1-12
 }

@@ -31,6 +31,10 @@
 //! The [`output`] module renders CSV and the text table, [`plot`] the SVG
 //! charts and [`cli`] ties them together for the `iovmm-report` binary.
 
+pub mod bench;
+pub mod bench_output;
+#[cfg(test)]
+mod bench_tests;
 pub mod cli;
 pub mod output;
 pub mod plot;

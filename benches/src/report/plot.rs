@@ -47,22 +47,26 @@ fn chart_width(groups: usize, bars: usize) -> u32 {
 }
 
 /// Bar colours, one per series.
-const COLOURS: [RGBColor; 4] = [
+const COLOURS: [RGBColor; 8] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
     RGBColor(148, 103, 189),
+    RGBColor(214, 39, 40),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
 ];
 
 /// One series of a grouped bar chart: a legend name and a value per mode.
-struct Series {
-    name: &'static str,
-    values: Vec<Option<f64>>,
+pub(crate) struct Series {
+    pub(crate) name: String,
+    pub(crate) values: Vec<Option<f64>>,
 }
 
 /// How the value axis of a chart is scaled.
 #[derive(Clone, Copy, PartialEq)]
-enum Scale {
+pub(crate) enum Scale {
     /// From zero to the largest value times `headroom`.
     Linear { headroom: f64 },
     /// From 1 to two decades above the largest value.
@@ -70,23 +74,23 @@ enum Scale {
 }
 
 /// Everything about a chart but its data.
-struct Chart {
-    caption: String,
-    y_desc: &'static str,
-    scale: Scale,
+pub(crate) struct Chart {
+    pub(crate) caption: String,
+    pub(crate) y_desc: &'static str,
+    pub(crate) scale: Scale,
     /// Formats the value label of a bar.
-    value_label: fn(f64) -> String,
-    legend: SeriesLabelPosition,
+    pub(crate) value_label: fn(f64) -> String,
+    pub(crate) legend: SeriesLabelPosition,
 }
 
 /// Headroom above the tallest bar on a linear axis, for labels and legend.
 const HEADROOM: f64 = 1.3;
 
-fn two_decimals(v: f64) -> String {
+pub(crate) fn two_decimals(v: f64) -> String {
     format!("{v:.2}")
 }
 
-fn whole_percent(v: f64) -> String {
+pub(crate) fn whole_percent(v: f64) -> String {
     format!("{v:.0}%")
 }
 
@@ -103,11 +107,11 @@ pub fn write_throughput_svg(
 ) -> Result<(), ReportError> {
     let series = vec![
         Series {
-            name: "L1\u{2192}L2",
+            name: "L1\u{2192}L2".into(),
             values: modes.iter().map(|m| m.l1_to_l2_mib_s).collect(),
         },
         Series {
-            name: "L2\u{2192}L1",
+            name: "L2\u{2192}L1".into(),
             values: modes.iter().map(|m| m.l2_to_l1_mib_s).collect(),
         },
     ];
@@ -128,8 +132,8 @@ pub fn write_requests_svg(
     title: &str,
     modes: &[ModeSummary],
 ) -> Result<(), ReportError> {
-    let counts = |name, get: fn(&ModeSummary) -> Option<u64>| Series {
-        name,
+    let counts = |name: &str, get: fn(&ModeSummary) -> Option<u64>| Series {
+        name: name.into(),
         values: modes.iter().map(|m| get(m).map(|v| v as f64)).collect(),
     };
     let series = vec![
@@ -154,7 +158,7 @@ pub fn write_requests_svg(
 /// `exits_per_packet`; modes without it show `n/a`.
 pub fn write_exits_svg(path: &Path, title: &str, modes: &[ModeSummary]) -> Result<(), ReportError> {
     let series = vec![Series {
-        name: "L1 KVM exits per packet",
+        name: "L1 KVM exits per packet".into(),
         values: modes.iter().map(|m| m.row.exits_per_packet).collect(),
     }];
     let chart = Chart {
@@ -177,8 +181,8 @@ pub fn write_relative_svg(
     title: &str,
     modes: &[ModeSummary],
 ) -> Result<(), ReportError> {
-    let pct = |name, get: fn(&ModeSummary) -> Option<f64>| Series {
-        name,
+    let pct = |name: &str, get: fn(&ModeSummary) -> Option<f64>| Series {
+        name: name.into(),
         values: modes.iter().map(get).collect(),
     };
     let series = vec![
@@ -201,7 +205,12 @@ pub fn write_relative_svg(
 
 /// Draws one grouped bar chart (one group per name in `groups`, one bar per
 /// series in each group) into a new SVG file at `path`.
-fn draw(path: &Path, chart: &Chart, groups: &[&str], series: &[Series]) -> Result<(), ReportError> {
+pub(crate) fn draw(
+    path: &Path,
+    chart: &Chart,
+    groups: &[&str],
+    series: &[Series],
+) -> Result<(), ReportError> {
     let fail = |e: &dyn std::fmt::Display| ReportError::Write {
         path: path.display().to_string(),
         message: e.to_string(),
@@ -352,7 +361,7 @@ impl BarLayout {
             });
             chart
                 .draw_series(rects)?
-                .label(s.name)
+                .label(s.name.as_str())
                 .legend(move |(x, y)| {
                     Rectangle::new([(x, y - 6), (x + 14, y + 6)], colour.filled())
                 });
