@@ -3,12 +3,7 @@
 # generators use (l1-bench.sh): redis-server :6379, memcached :11211 (one
 # thread), nginx :80 (one worker, files /4k and /64k), iperf3 :5201. Then
 # L2 waits until L1 says the items are done (a connection to port 5005).
-IF=""
-for i in $(seq 1 20); do
-  IF=$(ls /sys/class/net | grep -v '^lo$' | head -1); [ -n "$IF" ] && break; sleep 1
-done
-ip link set lo up; ip link set "$IF" up; ip addr add 10.99.1.2/24 dev "$IF"
-for i in $(seq 1 30); do [ "$(cat /sys/class/net/$IF/carrier 2>/dev/null)" = 1 ] && break; sleep 1; done
+nic_up 10.99.1.2/24
 echo "LAB-L2 bench link $IF carrier=$(cat /sys/class/net/$IF/carrier 2>/dev/null)"
 # memcached and nginx look up their users.
 mkdir -p /etc /var/www /var/nginx/tmp

@@ -1,11 +1,6 @@
 # The vfio workload, inside L2: the assigned e1000e (behind the virtual
 # IOMMU unless the mode is off), $MIB MiB each way, then Redis if asked.
-IF=""
-for i in $(seq 1 20); do
-  IF=$(ls /sys/class/net | grep -v '^lo$' | head -1); [ -n "$IF" ] && break; sleep 1
-done
-ip link set lo up; ip link set "$IF" up; ip addr add 10.99.1.2/24 dev "$IF"
-for i in $(seq 1 30); do [ "$(cat /sys/class/net/$IF/carrier 2>/dev/null)" = 1 ] && break; sleep 1; done
+nic_up 10.99.1.2/24
 [ "$(cat /sys/class/net/$IF/carrier 2>/dev/null)" = 1 ]; check link-up$SFX $((! $?)) "$IF"
 if [ "$MODE" != off ]; then
   case "$MODE" in strict) WANT=DMA;; lazy) WANT=DMA-FQ;; passthrough) WANT=identity;; esac
