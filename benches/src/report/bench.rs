@@ -179,7 +179,7 @@ pub fn spread(values: &[f64]) -> Option<Spread> {
 
 /// The per-operation counters of a cell: name, and the row keys summed
 /// for it (divided by the row's `ops`).
-pub const PER_OP: [(&str, &[&str]); 8] = [
+pub const PER_OP: [(&str, &[&str]); 9] = [
     ("kvm_exits", &["kvm_exits"]),
     ("vmm_exits", &["vmm_exits"]),
     ("l1_exits", &["l1_exits"]),
@@ -188,6 +188,7 @@ pub const PER_OP: [(&str, &[&str]); 8] = [
     ("vfio_calls", &["vfio_map_calls", "vfio_unmap_calls"]),
     ("vfio_ns", &["vfio_map_ns", "vfio_unmap_ns"]),
     ("vmm_exit_ns", &["vmm_exit_ns"]),
+    ("viommu_handling_ns", &["viommu_handling_ns"]),
 ];
 
 /// One (VMM, mode, workload) over its repetitions.
@@ -214,8 +215,9 @@ pub struct Cell {
     pub p50_us: Option<f64>,
     /// Median p99 latency, µs.
     pub p99_us: Option<f64>,
-    /// Medians of the [`PER_OP`] counters per operation, and of
-    /// `kvm_exit_<reason>` per operation, by name.
+    /// Medians of the [`PER_OP`] counters per operation, of
+    /// `kvm_exit_<reason>` per operation, and the wall time per operation
+    /// (`wall_ns`: `secs` / `ops`), by name.
     pub per_op: BTreeMap<String, f64>,
     /// Median share of one core the poll thread used (its CPU time over
     /// the item's wall time), when polled.
@@ -305,6 +307,14 @@ fn cell(vmm: &str, mode: &str, work: &str, all: &[&BenchRow]) -> Cell {
         if let Some(v) = median_of(&ok, |r| per(r, keys)) {
             per_op.insert(name.to_string(), v);
         }
+    }
+    // The wall time per operation: the inverse of the throughput in
+    // operations (requests or packets), the whole that
+    // [`super::breakdown`] splits.
+    if let Some(v) = median_of(&ok, |r| {
+        Some(r.get("secs")? * 1e9 / r.get("ops").filter(|o| *o > 0.0)?)
+    }) {
+        per_op.insert("wall_ns".to_string(), v);
     }
     let reasons: Vec<String> = ok
         .iter()

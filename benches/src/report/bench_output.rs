@@ -1,7 +1,8 @@
 //! Outputs of the application benchmark (`iovmm-bench-report`): the cells
 //! of [`super::bench::aggregate`] as CSV, JSON and a markdown table, and
-//! two SVG charts (throughput relative to `off` per workload and mode; L1
-//! KVM exits per operation), all under one output directory.
+//! three SVG charts (throughput relative to `off` per workload and mode; L1
+//! KVM exits per operation; the stacked time per operation of
+//! [`super::breakdown`]), all under one output directory.
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 use plotters::prelude::SeriesLabelPosition;
 
 use super::bench::{aggregate, parse_bench, BenchInput, Cell};
+use super::breakdown;
 use super::plot::{draw, two_decimals, whole_percent, Chart, Scale, Series};
 use super::ReportError;
 
@@ -18,7 +20,7 @@ fn num(v: Option<f64>, decimals: usize) -> String {
 }
 
 /// The CSV columns, in order (the per-operation ones are `<name>_per_op`).
-pub const CSV_HEADER: &str = "vmm,mode,workload,unit,reps_ok,reps_failed,throughput_median,throughput_min,throughput_max,vs_off_pct,p50_us,p99_us,kvm_exits_per_op,vmm_exits_per_op,l1_exits_per_op,viommu_requests_per_op,notifications_per_op,vfio_calls_per_op,vfio_ns_per_op,vmm_exit_ns_per_op,poll_cpu_share,vcpu_cpu_share,peak_mapped_bytes";
+pub const CSV_HEADER: &str = "vmm,mode,workload,unit,reps_ok,reps_failed,throughput_median,throughput_min,throughput_max,vs_off_pct,p50_us,p99_us,kvm_exits_per_op,vmm_exits_per_op,l1_exits_per_op,viommu_requests_per_op,notifications_per_op,vfio_calls_per_op,vfio_ns_per_op,vmm_exit_ns_per_op,viommu_handling_ns_per_op,wall_ns_per_op,poll_cpu_share,vcpu_cpu_share,peak_mapped_bytes";
 
 /// One CSV line per cell, after [`CSV_HEADER`].
 pub fn csv(cells: &[Cell]) -> String {
@@ -28,7 +30,7 @@ pub fn csv(cells: &[Cell]) -> String {
         let op = |k: &str| num(c.per_op.get(k).copied(), 4);
         let _ = writeln!(
             out,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             c.vmm,
             c.mode,
             c.workload,
@@ -49,6 +51,8 @@ pub fn csv(cells: &[Cell]) -> String {
             op("vfio_calls"),
             op("vfio_ns"),
             op("vmm_exit_ns"),
+            op("viommu_handling_ns"),
+            op("wall_ns"),
             num(c.poll_cpu_share, 4),
             num(c.vcpu_cpu_share, 4),
             num(c.peak_mapped_bytes, 0),
@@ -243,8 +247,9 @@ fn chart(
 }
 
 /// Reads the rows (a file, or stdin for `-`), writes `bench.csv`,
-/// `bench.json`, `bench.md`, `relative.svg` and `exits.svg` into `out_dir`
-/// and the markdown table to `stdout`.
+/// `bench.json`, `bench.md` (the cells, then the time per operation of
+/// [`breakdown`]), `relative.svg`, `exits.svg` and `breakdown.svg` into
+/// `out_dir` and the markdown to `stdout`.
 pub fn run(
     input: &str,
     out_dir: &Path,
@@ -268,7 +273,11 @@ pub fn run(
         message: e.to_string(),
     };
     std::fs::create_dir_all(out_dir).map_err(|e| fail(out_dir, e))?;
-    let md = markdown(&parsed, &cells);
+    let md = format!(
+        "{}\nTime per operation (µs; parts from iovmm's counters, see breakdown.svg):\n\n{}",
+        markdown(&parsed, &cells),
+        breakdown::markdown(&cells)
+    );
     for (name, body) in [
         ("bench.csv", csv(&cells)),
         ("bench.json", json(&parsed, &cells)),
@@ -305,6 +314,7 @@ pub fn run(
         |_| true,
         |c| c.per_op.get("l1_exits").copied(),
     )?;
+    breakdown::write_svg(&out_dir.join("breakdown.svg"), &cells)?;
     stdout
         .write_all(md.as_bytes())
         .map_err(|e| fail(Path::new("stdout"), e))?;
@@ -337,7 +347,7 @@ pub fn main(
                     stdout,
                     "usage: iovmm-bench-report ROWS|- [--out-dir DIR]\n\
                      Aggregates the LAB-ROW bench=1 lines of lab/run bench: bench.csv, bench.json,\n\
-                     bench.md, relative.svg, exits.svg in DIR; the markdown table on stdout."
+                     bench.md, relative.svg, exits.svg, breakdown.svg in DIR; the markdown tables on stdout."
                 );
                 return 0;
             }

@@ -165,6 +165,7 @@ fn run_writes_every_file_and_the_charts_show_the_cells() {
         "bench.md",
         "relative.svg",
         "exits.svg",
+        "breakdown.svg",
     ] {
         assert!(dir.join(f).is_file(), "{f} written");
     }

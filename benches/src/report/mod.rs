@@ -35,6 +35,7 @@ pub mod bench;
 pub mod bench_output;
 #[cfg(test)]
 mod bench_tests;
+pub mod breakdown;
 pub mod cli;
 pub mod output;
 pub mod plot;
