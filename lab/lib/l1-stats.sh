@@ -21,13 +21,17 @@ if_packets() {
   [ -n "$1" ] && [ -e "/sys/class/net/$1" ] || { echo 0; return; }
   echo $(( $(cat /sys/class/net/$1/statistics/rx_packets) + $(cat /sys/class/net/$1/statistics/tx_packets) ))
 }
+# ticks_of STAT: user + system CPU ticks (1/100 s) from a /proc stat
+# file; fields counted after the name's closing parenthesis, because a
+# name may hold spaces (QEMU's "CPU 0/KVM").
+ticks_of() { sed 's/.*) //' "$1" 2>/dev/null | awk '{ t = $12 + $13 } END { print t + 0 }'; }
 poll_ticks() {
   # The newest thread of that name: a device reset starts a new worker,
   # and the old one may still be exiting.
   local th n=0 v=0 t
   for th in /proc/$1/task/*; do
     [ "$(cat $th/comm 2>/dev/null)" = virtio-iommu ] && [ "${th##*/}" -gt "$n" ] || continue
-    t=$(awk '{print $14 + $15}' $th/stat 2>/dev/null) && { n=${th##*/}; v=$t; }
+    t=$(ticks_of $th/stat) && [ -n "$t" ] && { n=${th##*/}; v=$t; }
   done
   echo "$v"
 }
@@ -39,12 +43,12 @@ thread_cpus() {
   for th in /proc/$1/task/*; do
     c=$(cat $th/comm 2>/dev/null)
     case "$c" in vcpu*|virtio-iommu|qemu-system-x86|CPU*) ;; *) continue;; esac
-    out="$out${out:+,}${c// /_}:${th##*/}:$(awk '{print $14 + $15}' $th/stat)@$(sed 's/.*) //' $th/stat | awk '{print $37}')/$(sed -n 's/^nonvoluntary_ctxt_switches:[[:space:]]*//p' $th/status)"
+    out="$out${out:+,}${c// /_}:${th##*/}:$(ticks_of $th/stat)@$(sed 's/.*) //' $th/stat | awk '{print $37}')/$(sed -n 's/^nonvoluntary_ctxt_switches:[[:space:]]*//p' $th/status)"
   done
   echo "$out"
 }
 dev_ticks() {
-  if [ "$VMM" = qemu ]; then awk '{print $14 + $15}' /proc/$1/stat 2>/dev/null || echo 0; else poll_ticks "$1"; fi
+  if [ "$VMM" = qemu ]; then ticks_of /proc/$1/stat; else poll_ticks "$1"; fi
 }
 # sample_delta FROM TO FIELD: FIELD at mark TO minus at mark FROM.
 sample_delta() {
