@@ -118,9 +118,9 @@ scenario bench prep=vfio work=bench reps=3 npt=0 vcpus=1 backing=anonymous displ
   modes=iovmm/off,iovmm/passthrough,iovmm/lazy,iovmm/strict,iovmm/strict+poll,qemu/off,qemu/strict \
   env=PLACE=0:1,BENCH_SECS=5,BENCH_REDIS_N=2000 \
   l2_modules=@vfio-devs l2_bins=@bench-l2bins l1_bins=@bench-l1bins \
-  checks=vfio-bind,vfio-errors what="L2 with the assigned e1000e (VFIO): Redis, Memcached, nginx, iperf3 from L1"
+  checks=vfio-bind,vfio-errors,bench-complete what="L2 with the assigned e1000e (VFIO): Redis, Memcached, nginx, iperf3 from L1"
 # bench-smoke: one short cell per workload, iovmm strict only; checks
 # that each workload gave numbers and the counters have the expected shape.
 scenario bench-smoke alias=bench reps=1 modes=iovmm/strict timeout=1800 l2_timeout=600 \
   env=PLACE=0:1,BENCH_SECS=2,BENCH_REDIS_N=300,BENCH_ITEMS=redis-set-64+memcached-64+nginx-4k+iperf3-tx,BENCH_CHECKS=1 \
-  checks=vfio-bind,vfio-errors,bench-redis,bench-memcached,bench-nginx,bench-iperf3,bench-stats-shape,kvm-exits,vmm-exit
+  checks=vfio-bind,vfio-errors,bench-complete,bench-redis,bench-memcached,bench-nginx,bench-iperf3,bench-stats-shape,kvm-exits,vmm-exit
