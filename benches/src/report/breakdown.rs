@@ -188,7 +188,7 @@ pub fn write_svg(path: &Path, cells: &[Cell]) -> Result<(), ReportError> {
             .caption(*work, ("sans-serif", 20))
             .margin(10)
             .x_label_area_size(30)
-            .y_label_area_size(56)
+            .y_label_area_size(72)
             .build_cartesian_2d(-0.5..n as f64 - 0.5, 0.0..top)
             .map_err(|e| fail(&e))?;
         chart
@@ -203,6 +203,8 @@ pub fn write_svg(path: &Path, cells: &[Cell]) -> Result<(), ReportError> {
                     String::new()
                 }
             })
+            .max_light_lines(1)
+            .y_label_formatter(&|v: &f64| format!("{v:.0}"))
             .y_desc("µs per op")
             .label_style(("sans-serif", 14))
             .draw()
