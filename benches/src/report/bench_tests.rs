@@ -1,7 +1,7 @@
 //! Tests of the bench rows: parsing, aggregation and outputs.
 
 use super::bench::{aggregate, parse_bench, spread};
-use super::bench_output::{csv, json, markdown, run, CSV_HEADER};
+use super::bench_output::{csv, json, markdown, run, unstable_baselines, CSV_HEADER};
 
 const ROWS: &str = "\
 lab: LAB-BENCH settings backing=anonymous place=0:1 secs=5
@@ -176,4 +176,17 @@ fn run_writes_every_file_and_the_charts_show_the_cells() {
     let ex = std::fs::read_to_string(dir.join("exits.svg")).unwrap();
     assert!(ex.contains("21.00") && ex.contains("40.00"));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_baseline_that_spreads_over_ten_times_is_unstable() {
+    let rows = "\
+LAB-ROW bench=1 vmm=iovmm mode=off workload=a rep=1 failed=0 throughput=100
+LAB-ROW bench=1 vmm=iovmm mode=off workload=a rep=2 failed=0 throughput=5
+LAB-ROW bench=1 vmm=iovmm mode=off workload=b rep=1 failed=0 throughput=100
+LAB-ROW bench=1 vmm=iovmm mode=off workload=b rep=2 failed=0 throughput=11
+LAB-ROW bench=1 vmm=iovmm mode=strict workload=b rep=1 failed=0 throughput=1
+";
+    let cells = aggregate(&parse_bench(rows, "t").unwrap().rows);
+    assert_eq!(unstable_baselines(&cells), vec!["a".to_string()]);
 }
