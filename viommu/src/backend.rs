@@ -69,6 +69,20 @@ impl HostErrors {
     }
 }
 
+/// The backend of a virtual IOMMU with no hardware endpoint: every call
+/// succeeds and nothing is mapped anywhere.
+pub struct NoBackend;
+
+impl HostIommu for NoBackend {
+    fn map(&self, _: u64, _: u64, _: u64, _: Permissions) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    fn unmap(&self, _: u64, len: u64) -> Result<u64, BackendError> {
+        Ok(len)
+    }
+}
+
 /// A backend that records mappings and lets tests perform "DMA" through
 /// them, refusing what is not mapped.
 #[derive(Default)]
@@ -88,6 +102,12 @@ impl SimulatedBackend {
         let (&start, &(l, gpa, perm)) = maps.range(..=iova).next_back()?;
         let end = iova.checked_add(len)?;
         (end <= start + l && perm.allow(access)).then_some(gpa + (iova - start))
+    }
+
+    /// The live host mappings as `(iova, len)`, in IOVA order.
+    pub fn ranges(&self) -> Vec<(u64, u64)> {
+        let maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+        maps.iter().map(|(&s, &(l, _, _))| (s, l)).collect()
     }
 
     /// Number of live host mappings.

@@ -53,6 +53,8 @@ pub fn encode(req: &Request) -> Vec<u8> {
         Request::Map { .. } => p::req::MAP,
         Request::Unmap { .. } => p::req::UNMAP,
         Request::Probe { .. } => p::req::PROBE,
+        Request::CoopRegister { .. } => p::req::COOP_REGISTER,
+        Request::CoopPin { .. } => p::req::COOP_PIN,
     };
     b.extend([ty, 0, 0, 0]);
     match *req {
@@ -92,6 +94,14 @@ pub fn encode(req: &Request) -> Vec<u8> {
             b.extend(virt_end.to_le_bytes());
         }
         Request::Probe { endpoint } => b.extend(endpoint.to_le_bytes()),
+        Request::CoopRegister { dir_gpa, nr_leaves } => {
+            b.extend(dir_gpa.to_le_bytes());
+            b.extend(nr_leaves.to_le_bytes());
+        }
+        Request::CoopPin { gfn, nr_pages } => {
+            b.extend(gfn.to_le_bytes());
+            b.extend(nr_pages.to_le_bytes());
+        }
     }
     // Every body_len is known for the types above.
     let body = p::body_len(ty).unwrap_or(0);

@@ -62,7 +62,10 @@ pub struct IommuState {
 impl IommuState {
     /// Shared state over `tables`.
     pub fn new(tables: Tables) -> std::io::Result<Arc<Self>> {
-        let stats = Stats::default().with_host(tables.host_errors());
+        let mut stats = Stats::default().with_host(tables.host_errors());
+        if let Some(c) = tables.coop() {
+            stats = stats.with_coop(c.stats(), *c.config());
+        }
         let host = HostSync::new(tables.has_backend());
         let state = Arc::new(IommuState {
             tables: RwLock::new(tables),
@@ -74,6 +77,25 @@ impl IommuState {
         });
         HostSync::start(&state)?;
         Ok(state)
+    }
+
+    /// Starts the `viommu-coop` thread: an unpin scan every `interval`
+    /// (docs/coop.md), ordered with the other host work. It ends when the
+    /// state is dropped.
+    pub fn start_coop_scans(
+        self: &Arc<Self>,
+        interval: std::time::Duration,
+    ) -> std::io::Result<()> {
+        let weak = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("viommu-coop".into())
+            .spawn(move || loop {
+                std::thread::sleep(interval);
+                let Some(state) = weak.upgrade() else { return };
+                let _order = state.host.order();
+                state.tables().coop_scan();
+            })
+            .map(|_| ())
     }
 
     pub(crate) fn tables(&self) -> std::sync::RwLockWriteGuard<'_, Tables> {
@@ -324,6 +346,8 @@ fn execute<M: Bytes<GuestAddress>>(
             virt_start,
             virt_end,
         } => t.unmap(domain, virt_start, virt_end),
+        Request::CoopRegister { dir_gpa, nr_leaves } => t.coop_register(dir_gpa, nr_leaves),
+        Request::CoopPin { gfn, nr_pages } => t.coop_pin(gfn, nr_pages),
         Request::Probe { endpoint } => {
             if !t.has_endpoint(endpoint) {
                 return (status::NOENT, 0);
@@ -698,6 +722,10 @@ impl VirtioDevice for VirtioIommu {
     }
 
     fn avail_features(&self) -> u64 {
+        let coop = match self.state.tables.read() {
+            Ok(t) if t.coop().is_some() => p::F_IOVMM_COOP,
+            _ => 0,
+        };
         // Indirect descriptor tables are followed by virtio-queue (nested
         // tables, bad lengths and loops end the chain; see device_tests).
         features::VERSION_1
@@ -708,12 +736,14 @@ impl VirtioDevice for VirtioIommu {
             | p::F_PROBE
             | p::F_MMIO
             | p::F_BYPASS_CONFIG
+            | coop
     }
 
     fn set_acked_features(&mut self, f: u64) {
         let mut t = self.state.tables();
         t.bypass_config = f & p::F_BYPASS_CONFIG != 0;
         t.mmio = f & p::F_MMIO != 0;
+        t.coop_acked = t.coop().is_some() && f & p::F_IOVMM_COOP != 0;
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {

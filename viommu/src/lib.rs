@@ -13,6 +13,7 @@
 pub mod backend;
 #[cfg(feature = "bench")]
 pub mod bench;
+pub mod coop;
 pub mod device;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;

@@ -13,6 +13,9 @@ pub const F_PROBE: u64 = 1 << 4;
 pub const F_MMIO: u64 = 1 << 5;
 /// Feature: the config's `bypass` field and the ATTACH bypass flag.
 pub const F_BYPASS_CONFIG: u64 = 1 << 6;
+/// Vendor feature (iovmm): the cooperative DMA tracking table and its
+/// requests, [`req::COOP_REGISTER`] and [`req::COOP_PIN`] (docs/coop.md).
+pub const F_IOVMM_COOP: u64 = 1 << 23;
 
 /// Request types.
 pub mod req {
@@ -26,6 +29,10 @@ pub mod req {
     pub const UNMAP: u8 = 4;
     /// Probe an endpoint's properties.
     pub const PROBE: u8 = 5;
+    /// iovmm vendor request: register the guest's DMA tracking table.
+    pub const COOP_REGISTER: u8 = 0x80;
+    /// iovmm vendor request: pin pages the table marks mapped.
+    pub const COOP_PIN: u8 = 0x81;
 }
 
 /// Request status codes (virtio 1.2, 5.13.6). Chains the device cannot
@@ -98,6 +105,7 @@ pub fn body_len(ty: u8) -> Option<usize> {
         req::MAP => Some(32),
         req::UNMAP => Some(24),
         req::PROBE => Some(PROBE_BODY_LEN),
+        req::COOP_REGISTER | req::COOP_PIN => Some(16),
         _ => None,
     }
 }
@@ -106,11 +114,13 @@ pub fn body_len(ty: u8) -> Option<usize> {
 /// ATTACH `reserved[4]` (MUST reject with INVAL) and the UNMAP
 /// `reserved[4]` (MAY reject; iovmm does, without unmapping). DETACH and
 /// PROBE reserved fields and the head's are ignored, as the spec says.
+/// The coop requests' `reserved` must be zero (docs/coop.md).
 /// `body` as for [`Request::decode`].
 pub fn reserved_is_zero(ty: u8, body: &[u8]) -> bool {
     let at = match ty {
         req::ATTACH => 12,
         req::UNMAP => 20,
+        req::COOP_REGISTER | req::COOP_PIN => 12,
         _ => return true,
     };
     body.get(at..at + 4).is_some_and(|r| r == [0; 4])
@@ -162,6 +172,20 @@ pub enum Request {
         /// Endpoint ID.
         endpoint: u32,
     },
+    /// COOP_REGISTER (vendor): the DMA tracking table's directory.
+    CoopRegister {
+        /// Guest-physical address of the directory.
+        dir_gpa: u64,
+        /// Number of directory entries (leaves).
+        nr_leaves: u32,
+    },
+    /// COOP_PIN (vendor): pin `[gfn, gfn + nr_pages)`.
+    CoopPin {
+        /// First guest page frame.
+        gfn: u64,
+        /// Number of 4 KiB pages.
+        nr_pages: u32,
+    },
 }
 
 fn le32(b: &[u8], at: usize) -> u32 {
@@ -209,11 +233,19 @@ impl Request {
             req::PROBE => Request::Probe {
                 endpoint: le32(body, 0),
             },
+            req::COOP_REGISTER => Request::CoopRegister {
+                dir_gpa: le64(body, 0),
+                nr_leaves: le32(body, 8),
+            },
+            req::COOP_PIN => Request::CoopPin {
+                gfn: le64(body, 0),
+                nr_pages: le32(body, 8),
+            },
             _ => return None,
         })
     }
 
-    /// Index of the request type for per-type counters (0..5).
+    /// Index of the request type for per-type counters (into [`KIND_NAMES`]).
     pub fn kind(&self) -> usize {
         match self {
             Request::Attach { .. } => 0,
@@ -221,12 +253,24 @@ impl Request {
             Request::Map { .. } => 2,
             Request::Unmap { .. } => 3,
             Request::Probe { .. } => 4,
+            Request::CoopRegister { .. } => 5,
+            Request::CoopPin { .. } => 6,
         }
     }
 }
 
 /// Names of the request kinds, indexed by [`Request::kind`].
-pub const KIND_NAMES: [&str; 5] = ["attach", "detach", "map", "unmap", "probe"];
+pub const KIND_NAMES: [&str; KINDS] = [
+    "attach",
+    "detach",
+    "map",
+    "unmap",
+    "probe",
+    "coop_register",
+    "coop_pin",
+];
+/// Number of request kinds.
+pub const KINDS: usize = 7;
 
 /// Encodes a fault event.
 pub fn encode_fault(reason: u8, flags: u32, endpoint: u32, address: u64) -> [u8; FAULT_LEN] {
@@ -294,6 +338,7 @@ mod tests {
         assert_eq!(Request::decode(req::MAP, &[0; 31]), None);
         assert_eq!(Request::decode(req::PROBE, &[0; 67]), None);
         assert_eq!(Request::decode(9, &[0; 100]), None);
+        assert_eq!(Request::decode(req::COOP_PIN, &[0; 15]), None);
         assert_eq!(body_len(0), None);
     }
 
@@ -310,6 +355,10 @@ mod tests {
         assert!(reserved_is_zero(req::DETACH, &detach), "ignored");
         assert!(reserved_is_zero(req::PROBE, &[0xff; 68]), "ignored");
         assert!(!reserved_is_zero(req::ATTACH, &[0; 12]), "short");
+        let mut pin = [0u8; 16];
+        assert!(reserved_is_zero(req::COOP_PIN, &pin));
+        pin[13] = 1;
+        assert!(!reserved_is_zero(req::COOP_PIN, &pin));
     }
 
     #[test]

@@ -8,7 +8,8 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
 use crate::backend::HostErrors;
-use crate::protocol::{status, KIND_NAMES};
+use crate::coop::{CoopConfig, CoopStats};
+use crate::protocol::{status, KINDS, KIND_NAMES};
 use crate::tables::GRANULE;
 
 /// Request counters, mapping sizes, faults and per-type handling time.
@@ -18,9 +19,9 @@ use crate::tables::GRANULE;
 /// both histograms it feeds.
 pub struct Stats {
     /// Requests handled, by type ([`crate::protocol::Request::kind`]).
-    pub requests: [AtomicU64; 5],
+    pub requests: [AtomicU64; KINDS],
     /// Requests answered with a status other than OK, by type.
-    pub failed: [AtomicU64; 5],
+    pub failed: [AtomicU64; KINDS],
     /// Chains that could not be decoded (short, unknown type, no room for
     /// the status).
     pub malformed: AtomicU64,
@@ -53,6 +54,8 @@ pub struct Stats {
     created: Instant,
     /// Host backend failures, counted by the tables.
     pub host: Arc<HostErrors>,
+    /// Cooperative mode's counters and parameters, when configured.
+    pub coop: Option<(Arc<CoopStats>, CoopConfig)>,
 }
 
 /// The latency histograms, under one lock (the worker updates two of them
@@ -61,7 +64,7 @@ struct Histograms {
     /// Device time per request, by type: from the previous request's used
     /// entry in the same pass (or the pass seeing its first request) to
     /// this one's.
-    latency: [Histogram<u64>; 5],
+    latency: [Histogram<u64>; KINDS],
     /// Time from the device seeing a request (wake-up or poll) to its
     /// completion being visible to the guest.
     response: Histogram<u64>,
@@ -170,17 +173,12 @@ impl Default for Stats {
             broken_rings: AtomicU64::new(0),
             poll: PollStats::default(),
             histograms: Mutex::new(Histograms {
-                latency: [
-                    histogram(),
-                    histogram(),
-                    histogram(),
-                    histogram(),
-                    histogram(),
-                ],
+                latency: std::array::from_fn(|_| histogram()),
                 response: histogram(),
             }),
             created: Instant::now(),
             host: Arc::default(),
+            coop: None,
         }
     }
 }
@@ -190,6 +188,12 @@ impl Stats {
     /// tables' [`crate::tables::Tables::host_errors`]).
     pub fn with_host(mut self, host: Arc<HostErrors>) -> Self {
         self.host = host;
+        self
+    }
+
+    /// The same counters, with cooperative mode's (`coop` in the JSON).
+    pub fn with_coop(mut self, coop: Arc<CoopStats>, cfg: CoopConfig) -> Self {
+        self.coop = Some((coop, cfg));
         self
     }
 
@@ -304,6 +308,7 @@ impl Stats {
             "latency": latency,
             "poll": self.poll_json(),
             "host_errors": self.host.to_json(),
+            "coop": self.coop.as_ref().map(|(c, cfg)| c.to_json(cfg)),
         })
     }
 }

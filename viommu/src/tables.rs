@@ -76,10 +76,13 @@ use devices::dma::{DmaIotlb, DmaMapping};
 use vm_memory::Permissions;
 
 use crate::backend::{HostErrors, HostIommu};
+use crate::coop::Coop;
 use crate::protocol::{self, status};
 
 pub use crate::limits::{Limits, LimitsError};
 
+#[path = "tables_coop.rs"]
+mod coop;
 #[path = "tables_host.rs"]
 mod host;
 pub use host::{HostDone, HostWork};
@@ -171,6 +174,10 @@ pub struct Tables {
     host_gen: u64,
     /// UNMAP's list of removed mappings, kept so a request allocates nothing.
     victims: Vec<(u64, u64)>,
+    /// Cooperative mode, when configured ([`Tables::with_coop`]).
+    coop: Option<Coop>,
+    /// Driver accepted [`protocol::F_IOVMM_COOP`].
+    pub coop_acked: bool,
 }
 
 /// The parts of `[start, last]` outside the inclusive `window`, as
@@ -219,6 +226,8 @@ impl Tables {
             host_pending: false,
             host_gen: 0,
             victims: Vec::new(),
+            coop: None,
+            coop_acked: false,
         }
     }
 
@@ -317,6 +326,7 @@ impl Tables {
         self.bypass = true;
         self.bypass_config = false;
         self.mmio = false;
+        self.coop_reset();
         self.defer_host();
     }
 
@@ -651,6 +661,16 @@ impl Tables {
     pub fn translate(&self, endpoint: u32, iova: u64) -> Result<DmaMapping, FaultReason> {
         let ep = self.endpoints.get(&endpoint).ok_or(FaultReason::Domain)?;
         let identity = || {
+            // Cooperative mode with a table: only the pinned set.
+            if let Some(c) = self.coop.as_ref().filter(|c| c.registered()) {
+                let (s, l) = c.run_of(iova).ok_or(FaultReason::Mapping)?;
+                return Ok(DmaMapping {
+                    iova: s,
+                    gpa: s,
+                    len: l,
+                    perm: Permissions::ReadWrite,
+                });
+            }
             let start = iova & !(IDENTITY_CHUNK - 1);
             Ok(DmaMapping {
                 iova: start,

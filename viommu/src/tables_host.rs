@@ -284,15 +284,18 @@ impl Tables {
         self.identity.iter().map(|(s, l)| l - s + 1).sum()
     }
 
-    /// True when some hardware endpoint bypasses translation.
+    /// True when some hardware endpoint bypasses translation and so
+    /// wants the identity map (never in cooperative mode: there it reaches
+    /// the pinned set).
     pub(super) fn hardware_bypasses(&self) -> bool {
-        self.endpoints.values().any(|e| {
-            e.hardware
-                && match e.domain {
-                    None => self.bypass,
-                    Some(d) => self.domains.get(&d).is_some_and(|d| d.bypass && !d.fenced),
-                }
-        })
+        self.coop.is_none()
+            && self.endpoints.values().any(|e| {
+                e.hardware
+                    && match e.domain {
+                        None => self.bypass,
+                        Some(d) => self.domains.get(&d).is_some_and(|d| d.bypass && !d.fenced),
+                    }
+            })
     }
 
     /// Guest RAM, granule aligned and without the MSI window, as inclusive

@@ -162,11 +162,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "DEVICE[,iommu=on|off]")]
     pub vfio: Vec<String>,
     /// IOMMU policy: off (no virtual IOMMU), passthrough (identity domains),
-    /// strict (unmap + invalidate after every DMA) or lazy (batched
-    /// invalidation). Adds the matching guest kernel parameter unless the
+    /// strict (unmap + invalidate after every DMA), lazy (batched
+    /// invalidation) or coop (the guest's DMA tracking table says what to
+    /// pin; docs/coop.md). Adds the matching guest kernel parameter unless the
     /// command line already sets iommu.strict= or iommu.passthrough=
     /// [file: iommu.mode; default: strict if a device has iommu=on, else off].
-    #[arg(long, value_name = "off|passthrough|strict|lazy")]
+    #[arg(long, value_name = "off|passthrough|strict|lazy|coop")]
     pub iommu_mode: Option<String>,
     /// Poll the virtual IOMMU's request queue so that guest MAP/UNMAP
     /// requests need no VM exit: off, adaptive (after a notification,
@@ -178,6 +179,18 @@ pub struct RunArgs {
     /// default: 200].
     #[arg(long, value_name = "MICROSECONDS")]
     pub iommu_poll_budget_us: Option<i64>,
+    /// Cooperative mode's pinned-memory budget, e.g. 64M [file:
+    /// iommu.coop_budget; default: 1/8 of guest RAM].
+    #[arg(long, value_name = "SIZE")]
+    pub coop_budget: Option<String>,
+    /// Cooperative mode's unpin scan interval in ms [file:
+    /// iommu.coop_scan_ms; default: 100].
+    #[arg(long, value_name = "MILLISECONDS")]
+    pub coop_scan_ms: Option<i64>,
+    /// Cooperative mode's pin granule: 4K, 2M, or auto (2M with hugetlbfs
+    /// memory) [file: iommu.coop_granule; default: auto].
+    #[arg(long, value_name = "4K|2M|auto")]
+    pub coop_granule: Option<String>,
     /// Pin the virtual IOMMU's device (poll) thread to this host CPU
     /// [file: iommu.poll_cpu; default: not pinned].
     #[arg(long, value_name = "CPU")]
@@ -429,6 +442,16 @@ fn cli_layer(args: &RunArgs) -> Result<ConfigLayer, ConfigError> {
                 .map_err(flag("--iommu-poll"))?,
             budget_us: args.iommu_poll_budget_us,
             cpu: args.iommu_poll_cpu,
+        },
+        iommu_coop: config::iommu::CoopLayer {
+            budget: args
+                .coop_budget
+                .as_deref()
+                .map(config::parse_size)
+                .transpose()
+                .map_err(flag("--coop-budget"))?,
+            scan_ms: args.coop_scan_ms,
+            granule: args.coop_granule.clone(),
         },
         stats_file: nonempty("--stats-file", &args.stats_file)?,
     })

@@ -217,6 +217,8 @@ pub struct VmConfig {
     pub iommu_mode: IommuMode,
     /// Polling of the virtual IOMMU's request queue.
     pub iommu_poll: iommu::PollConfig,
+    /// Cooperative mode's parameters (used when `iommu_mode` is coop).
+    pub iommu_coop: viommu::coop::CoopConfig,
     /// Where the VMM's counters are written (JSON) at exit and on SIGUSR1.
     pub stats_file: Option<PathBuf>,
 }
@@ -305,6 +307,8 @@ pub struct ConfigLayer {
     pub iommu_mode: Option<IommuMode>,
     /// Request-queue polling.
     pub iommu_poll: iommu::PollLayer,
+    /// `[iommu] coop_*` / `--coop-*`.
+    pub iommu_coop: iommu::CoopLayer,
     /// Stats output file.
     pub stats_file: Option<PathBuf>,
 }
@@ -342,6 +346,7 @@ impl ConfigLayer {
             vfio: top.vfio.or(self.vfio),
             iommu_mode: top.iommu_mode.or(self.iommu_mode),
             iommu_poll: self.iommu_poll.overlay(top.iommu_poll),
+            iommu_coop: self.iommu_coop.overlay(top.iommu_coop),
             stats_file: top.stats_file.or(self.stats_file),
         }
     }
@@ -391,10 +396,14 @@ impl ConfigLayer {
                 "remove some [[disk]]/[[net]]/[[vfio]] entries",
             ));
         }
+        let memory_backing = self.memory_backing.unwrap_or_default();
+        let iommu_coop = self
+            .iommu_coop
+            .build(memory, memory_backing == MemoryBacking::Hugetlbfs)?;
         Ok(VmConfig {
             vcpus,
             memory,
-            memory_backing: self.memory_backing.unwrap_or_default(),
+            memory_backing,
             placement: placement::Placement::build(self.vcpu_cpus, self.io_cpus)?,
             kernel,
             initramfs: self.initramfs,
@@ -405,6 +414,7 @@ impl ConfigLayer {
             vfio,
             iommu_mode,
             iommu_poll: self.iommu_poll.build(iommu_mode)?,
+            iommu_coop,
             stats_file: self.stats_file,
         })
     }

@@ -22,6 +22,7 @@ use devices::virtio::block::VirtioBlock;
 use devices::virtio::net::VirtioNet;
 use devices::virtio::pci_transport::VirtioPciDevice;
 use devices::virtio::VirtioDevice;
+use viommu::coop::Coop;
 use viommu::device::{IommuState, VirtioIommu};
 use viommu::tables::{Limits, Tables};
 
@@ -220,10 +221,19 @@ impl DeviceManager {
                 let backend = vfio.viommu_backend();
                 let hardware = backend.is_some();
                 let mut tables = Tables::new(limits, backend);
+                if cfg.iommu_mode == IommuMode::Coop {
+                    tables = tables.with_coop(Coop::new(mem.clone(), cfg.iommu_coop));
+                }
                 if hardware {
                     tables.set_guest_ram(layout.ram.iter().map(|r| (r.start, r.len)).collect());
                 }
-                Some(IommuState::new(tables).map_err(wiring)?)
+                let state = IommuState::new(tables).map_err(wiring)?;
+                if cfg.iommu_mode == IommuMode::Coop {
+                    state
+                        .start_coop_scans(cfg.iommu_coop.scan)
+                        .map_err(wiring)?;
+                }
+                Some(state)
             }
         };
         // Returns the slot and whether the device sits behind the viommu.

@@ -45,7 +45,15 @@ const SERIAL_KEYS: &[&str] = &["output", "stdin"];
 const DISK_KEYS: &[&str] = &["path", "readonly", "id", "iommu"];
 const NET_KEYS: &[&str] = &["tap", "mac", "iommu"];
 const VFIO_KEYS: &[&str] = &["device", "iommu"];
-const IOMMU_KEYS: &[&str] = &["mode", "poll", "poll_budget_us", "poll_cpu"];
+const IOMMU_KEYS: &[&str] = &[
+    "mode",
+    "poll",
+    "poll_budget_us",
+    "poll_cpu",
+    "coop_budget",
+    "coop_scan_ms",
+    "coop_granule",
+];
 const STATS_KEYS: &[&str] = &["file"];
 
 /// Reads and parses the configuration file at `path`.
@@ -153,6 +161,17 @@ fn parse_table(table: &Table, base: &Path) -> Result<ConfigLayer, ConfigError> {
                         .map_err(|e| s.wrap("poll", e))?,
                     budget_us: s.int("poll_budget_us", "200")?,
                     cpu: s.int("poll_cpu", "3")?,
+                };
+                layer.iommu_coop = super::iommu::CoopLayer {
+                    budget: s
+                        .string("coop_budget", "\"64M\"")?
+                        .map(parse_size)
+                        .transpose()
+                        .map_err(|e| s.wrap("coop_budget", e))?,
+                    scan_ms: s.int("coop_scan_ms", "100")?,
+                    granule: s
+                        .string("coop_granule", "\"auto\"")?
+                        .map(str::to_string),
                 };
             }
             "stats" => {

@@ -89,6 +89,9 @@ pub enum IommuMode {
     Strict,
     /// Deferred, batched invalidation (`iommu.strict=0`, Linux DMA-FQ).
     Lazy,
+    /// Cooperative: the guest's DMA tracking table says what to pin
+    /// (docs/coop.md); a guest without the patched driver gets strict.
+    Coop,
 }
 
 impl IommuMode {
@@ -99,19 +102,21 @@ impl IommuMode {
             IommuMode::Passthrough => "passthrough",
             IommuMode::Strict => "strict",
             IommuMode::Lazy => "lazy",
+            IommuMode::Coop => "coop",
         }
     }
 
-    /// Parses `off|passthrough|strict|lazy`.
+    /// Parses `off|passthrough|strict|lazy|coop`.
     pub fn parse(s: &str) -> Result<Self, ConfigError> {
         match s {
             "off" => Ok(IommuMode::Off),
             "passthrough" => Ok(IommuMode::Passthrough),
             "strict" => Ok(IommuMode::Strict),
             "lazy" => Ok(IommuMode::Lazy),
+            "coop" => Ok(IommuMode::Coop),
             _ => Err(ConfigError::new(
                 format!("unknown IOMMU mode `{s}`"),
-                "use off, passthrough, strict or lazy",
+                "use off, passthrough, strict, lazy or coop",
             )),
         }
     }
@@ -123,7 +128,75 @@ impl IommuMode {
             IommuMode::Passthrough => Some("iommu.passthrough=1"),
             IommuMode::Strict => Some("iommu.strict=1"),
             IommuMode::Lazy => Some("iommu.strict=0"),
+            // The stock driver's fallback; the patched one picks identity
+            // domains for its endpoints itself.
+            IommuMode::Coop => Some("iommu.strict=1"),
         }
+    }
+}
+
+/// Longest unpin scan interval accepted, in ms (one minute).
+pub const MAX_COOP_SCAN_MS: i64 = 60_000;
+
+/// Cooperative mode's parameters as one config layer sets them
+/// (`[iommu] coop_budget`, `coop_scan_ms`, `coop_granule`; `--coop-*`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CoopLayer {
+    /// Pinned-memory budget in bytes.
+    pub budget: Option<u64>,
+    /// Unpin scan interval in ms.
+    pub scan_ms: Option<i64>,
+    /// Pin granule: `4K`, `2M` or `auto`.
+    pub granule: Option<String>,
+}
+
+impl CoopLayer {
+    /// This layer with every field `top` sets replaced by `top`'s.
+    pub fn overlay(self, top: CoopLayer) -> CoopLayer {
+        CoopLayer {
+            budget: top.budget.or(self.budget),
+            scan_ms: top.scan_ms.or(self.scan_ms),
+            granule: top.granule.or(self.granule),
+        }
+    }
+
+    /// Validates the layer for a guest of `memory` bytes whose RAM is
+    /// backed by huge pages when `huge` (the default granule then is
+    /// 2 MiB, else 4 KiB; the default budget 1/8 of guest RAM).
+    pub fn build(self, memory: u64, huge: bool) -> Result<viommu::coop::CoopConfig, ConfigError> {
+        let granule = match self.granule.as_deref().unwrap_or("auto") {
+            "auto" if huge => 2 << 20,
+            "auto" => viommu::coop::PAGE,
+            g if g.eq_ignore_ascii_case("4k") => viommu::coop::PAGE,
+            g if g.eq_ignore_ascii_case("2m") => 2 << 20,
+            g => {
+                return Err(ConfigError::new(
+                    format!("unknown pin granule `{g}`"),
+                    "use 4K, 2M or auto (--coop-granule, [iommu] coop_granule)",
+                ))
+            }
+        };
+        let budget = self.budget.unwrap_or((memory / 8).max(granule));
+        if budget < granule || budget > memory {
+            return Err(ConfigError::new(
+                format!("pinned-memory budget {budget} bytes is out of range"),
+                format!(
+                    "use between the pin granule ({granule} bytes) and guest RAM ({memory} bytes) (--coop-budget, [iommu] coop_budget)"
+                ),
+            ));
+        }
+        let scan_ms = self.scan_ms.unwrap_or(100);
+        if !(1..=MAX_COOP_SCAN_MS).contains(&scan_ms) {
+            return Err(ConfigError::new(
+                format!("unpin scan interval {scan_ms} ms is out of range"),
+                format!("use 1 to {MAX_COOP_SCAN_MS} ms (--coop-scan-ms, [iommu] coop_scan_ms)"),
+            ));
+        }
+        Ok(viommu::coop::CoopConfig {
+            budget,
+            scan: Duration::from_millis(scan_ms as u64),
+            granule,
+        })
     }
 }
 
@@ -150,12 +223,13 @@ mod tests {
             IommuMode::Passthrough,
             IommuMode::Strict,
             IommuMode::Lazy,
+            IommuMode::Coop,
         ] {
             assert_eq!(IommuMode::parse(m.as_str()).unwrap(), m);
         }
         let e = IommuMode::parse("strcit").unwrap_err().to_string();
         assert!(
-            e.contains("strcit") && e.contains("off, passthrough, strict or lazy"),
+            e.contains("strcit") && e.contains("off, passthrough, strict, lazy or coop"),
             "{e}"
         );
     }
@@ -180,6 +254,47 @@ mod tests {
             cmdline_with_mode("iommu.passthrough=0 b", IommuMode::Passthrough),
             "iommu.passthrough=0 b"
         );
+    }
+
+    #[test]
+    fn coop_layers_default_overlay_and_validate() {
+        let gib = 1u64 << 30;
+        let d = CoopLayer::default().build(4 * gib, false).unwrap();
+        assert_eq!((d.budget, d.granule), (gib / 2, 4096));
+        assert_eq!(d.scan, Duration::from_millis(100));
+        assert_eq!(
+            CoopLayer::default().build(gib, true).unwrap().granule,
+            2 << 20
+        );
+        let file = CoopLayer {
+            budget: Some(64 << 20),
+            scan_ms: Some(50),
+            granule: Some("2M".into()),
+        };
+        let cli = CoopLayer {
+            granule: Some("4k".into()),
+            ..CoopLayer::default()
+        };
+        let c = file.overlay(cli).build(gib, true).unwrap();
+        assert_eq!((c.budget, c.granule), (64 << 20, 4096));
+        assert_eq!(c.scan, Duration::from_millis(50));
+        let err = |l: CoopLayer| l.build(gib, false).unwrap_err().to_string();
+        assert!(err(CoopLayer {
+            granule: Some("1G".into()),
+            ..Default::default()
+        })
+        .contains("unknown pin granule `1G`"));
+        assert!(err(CoopLayer {
+            budget: Some(2 * gib),
+            ..Default::default()
+        })
+        .contains("--coop-budget"));
+        assert!(err(CoopLayer {
+            scan_ms: Some(0),
+            ..Default::default()
+        })
+        .contains("1 to 60000 ms"));
+        assert_eq!(cmdline_with_mode("a", IommuMode::Coop), "a iommu.strict=1");
     }
 
     #[test]
