@@ -51,6 +51,19 @@ scenario vfio-passthrough prep=vfio work=vfio modes=passthrough rounds=1,2 npt=0
 scenario vfio-poll prep=vfio work=vfio modes=strict+poll rounds=1 npt=0 \
   l2_modules=@vfio-devs checks=@vfio-l1,@vfio,@poll
 
+# coop: cooperative mode (docs/coop.md) on the assigned e1000e. L2 loads
+# the project's patched virtio-iommu driver in place of the stock one
+# (guest-kernel-patches/patches/virtio-iommu-coop.patch, built for the
+# lab kernel and cached) and dma_flood for the budget check. One L1 boot:
+# off (exits per packet to compare with), strict (the patched driver on a
+# device without the feature: stock behaviour), coop.
+group @coop-files $LAB_CACHE/guest-modules/virtio-iommu-coop.ko:/lib/modules/virtio-iommu.ko $LAB_CACHE/guest-modules/dma_flood.ko:/lib/modules/dma_flood.ko
+group @coop    coop-registered coop-peak coop-steady coop-idle coop-exits coop-budget net-ping-after-flood
+scenario coop prep=vfio work=vfio modes=off,strict,coop rounds=1 npt=0 timeout=2400 \
+  prebuild='ko=$(guest-kernel-patches/build.sh "$KPKG" "$LAB_CACHE/guest-modules" virtio_iommu_coop) && cp "$ko" "$LAB_CACHE/guest-modules/virtio-iommu-coop.ko" && ko=$(guest-kernel-patches/build.sh "$KPKG" "$LAB_CACHE/guest-modules" dma_flood) && cp "$ko" "$LAB_CACHE/guest-modules/dma_flood.ko"' \
+  l2_modules=@vfio-devs l2_files=@coop-files \
+  checks=@vfio-l1,@vfio,@coop
+
 # viommu-hostile: the project's guest module viommu_test drives the
 # virtual IOMMU in place of the stock driver (not in the image): request
 # rates, the spec probes, a broken ring. The virtio-net is only the

@@ -50,6 +50,22 @@ thread_cpus() {
 dev_ticks() {
   if [ "$VMM" = qemu ]; then ticks_of /proc/$1/stat; else poll_ticks "$1"; fi
 }
+# coop_sample PID: in cooperative mode, iovmm's pin counters now (a
+# SIGUSR1 snapshot of /tmp/stats.json) as sample fields: pins (COOP_PIN
+# requests), coop_vfio (host maps + unmaps of pins), pinned and peak
+# (bytes), unpinned (chunks); nothing in other modes.
+coop_sample() {
+  [ "$VMM" = iovmm ] && [ "${MODE%%+*}" = coop ] || return 0
+  local before i=0
+  before=$(stat -c %Y.%s /tmp/stats.json 2>/dev/null)
+  kill -USR1 "$1" 2>/dev/null || return 0
+  while [ "$(stat -c %Y.%s /tmp/stats.json 2>/dev/null)" = "$before" ] && [ $i -lt 20 ]; do sleep 0.1; i=$((i + 1)); done
+  jq -r '.viommu.coop // empty | " pins=\(.pin_requests) coop_vfio=\(.host_maps + .host_unmaps) pinned=\(.pinned_bytes) peak=\(.pinned_peak_bytes) unpinned=\(.unpinned_chunks)"' /tmp/stats.json 2>/dev/null | tr -d '\n'
+}
+
+# sample_at MARK FIELD: FIELD at mark MARK.
+sample_at() { awk -v m="$1" -v f="$2" '$1 == m { for (i = 2; i <= NF; i++) { split($i, kv, "="); if (kv[1] == f) print kv[2] } }' /tmp/samples.txt | tail -1; }
+
 # sample_delta FROM TO FIELD: FIELD at mark TO minus at mark FROM.
 sample_delta() {
   awk -v a="$1" -v b="$2" -v f="$3" '

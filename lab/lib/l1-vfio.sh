@@ -19,6 +19,11 @@ redis_client() {
 }
 
 VFIO_ARG=$BDF; [ "$MODE" = off ] && VFIO_ARG="$BDF,iommu=off"
+# Cooperative mode: a budget (64 MiB, 12.5% of L2) that the L2 flood
+# (dma_flood, 96 MiB) exceeds,
+# and an idle phase of 5 s (50 scans) to see pins released.
+COOP_ARGS=""; IDLE=${POLL:+5}
+[ "$MODE" = coop ] && { COOP_ARGS="--coop-budget ${COOP_BUDGET:-64M}"; IDLE=5; }
 dd if=/dev/urandom of=/tmp/tx.bin bs=1M count=$MIB 2>/dev/null
 TX_SHA=$(sha256sum /tmp/tx.bin | cut -c1-64)
 killall nc redis-benchmark 2>/dev/null
@@ -26,8 +31,8 @@ rm -f /tmp/rx.bin /tmp/stats.json /tmp/l2.log /tmp/redis.csv
 nc -l -p 5001 -e cat /tmp/tx.bin &
 ( nc -l -p 5002 > /tmp/rx.bin; nc -l -p 5003 -e echo received ) &
 [ "${REDIS:-0}" = 1 ] && redis_client &
-run_l2 "console=ttyS0 panic=-1 $L2_QUIET lab.mode=$MODE lab.mib=$MIB lab.round=$ROUND lab.tx_sha=$TX_SHA lab.idle=${POLL:+5} lab.redis=${REDIS:-0}" \
-  --iommu "$MODE" --extra "--vfio $VFIO_ARG $POLL_ARGS"
+run_l2 "console=ttyS0 panic=-1 $L2_QUIET lab.mode=$MODE lab.mib=$MIB lab.round=$ROUND lab.tx_sha=$TX_SHA lab.idle=$IDLE lab.redis=${REDIS:-0}" \
+  --iommu "$MODE" --extra "--vfio $VFIO_ARG $POLL_ARGS $COOP_ARGS"
 [ "$L2_EXIT" = 0 ]; check vmm-exit$SFX $((! $?)) "exit=$L2_EXIT"
 RX_BYTES=$(wc -c < /tmp/rx.bin 2>/dev/null || echo 0)
 RX_SHA=$(sha256sum /tmp/rx.bin 2>/dev/null | cut -c1-64)
@@ -36,6 +41,7 @@ SENT=$(grep -o "LAB-L2 out_sha=[0-9a-f]*" /tmp/l2.log | head -1 | cut -d= -f2)
 check net-l2-to-l1$SFX $((! $?)) "bytes=$RX_BYTES"
 emit_row
 stats_dump
+[ "$MODE" = off ] && coop_note_off
 if stats_applies; then
   UNMAPS=$(jv .viommu.requests.unmap); MAPS=$(jv .viommu.requests.map)
   VUNMAPS=$(jv .vfio.dma.viommu.unmap.calls); VMAPS=$(jv .vfio.dma.viommu.map.calls)
@@ -51,5 +57,11 @@ if stats_applies; then
     passthrough)
       [ "${MAPS:-1}" = 0 ] && [ "${VMAPS:-0}" -gt 0 ]
       check stats-shape$SFX $((! $?)) "guest map=$MAPS vfio map=$VMAPS (identity)";;
+    coop)
+      # Pins, not MAP requests, reach VFIO.
+      PINS=$(jn .viommu.coop.pin_requests)
+      [ "${MAPS:-1}" = 0 ] && [ "$PINS" -gt 0 ] && [ "${VMAPS:-0}" -gt 0 ]
+      check stats-shape$SFX $((! $?)) "guest map=$MAPS pins=$PINS vfio map=$VMAPS"
+      coop_checks;;
   esac
 fi

@@ -87,7 +87,7 @@ watch_l2() {
     for m in $(sed -n 's/.*LAB-L2 mark \([a-z0-9-]*\).*/\1/p' /tmp/l2.log 2>/dev/null); do
       case "$seen" in *" $m "*) continue;; esac
       seen="$seen$m "; lastmark=$m
-      echo "$m exits=$(kvm_exits) pkts=$(if_packets "$SAMPLE_IF") poll_ticks=$(poll_ticks "$pid") dev_ticks=$(dev_ticks "$pid") threads=$(thread_cpus "$pid") t=$(cut -d' ' -f1 /proc/uptime)" >> /tmp/samples.txt
+      echo "$m exits=$(kvm_exits) pkts=$(if_packets "$SAMPLE_IF") poll_ticks=$(poll_ticks "$pid") dev_ticks=$(dev_ticks "$pid") threads=$(thread_cpus "$pid")$(coop_sample "$pid") t=$(cut -d' ' -f1 /proc/uptime)" >> /tmp/samples.txt
     done
     n=$((n + 1))
     if [ $((n % 5)) = 0 ]; then

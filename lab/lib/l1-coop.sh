@@ -1,0 +1,45 @@
+# L1 checks of cooperative mode (docs/coop.md) on one L2 run of the vfio
+# workload: its stats (/tmp/stats.json) and the pin counters the sampler
+# took at L2's marks (coop_sample, l1-stats.sh). Check names take $SFX.
+#   coop-registered  the patched driver registered its table and sent no MAP
+#   coop-peak        pinned memory before the flood <= 5% of L2's 512 MiB
+#   coop-steady      pin requests and VFIO calls per packet during the
+#                    second transfer (L2 -> L1), after the first warmed up
+#   coop-idle        pins released while L2 sat idle (idle-a .. idle-b)
+#   coop-exits       exits per packet within 1.25x of mode off in this boot
+#   coop-budget      the flood beyond the budget refused, counted, VMM fine
+L2_RAM=$((512 << 20))
+
+# Records mode off's exits per packet for coop-exits (run before coop).
+coop_note_off() {
+  local e p
+  e=$(sample_delta net-start net-end exits); p=$(sample_delta net-start net-end pkts)
+  [ -n "$e" ] && [ "${p:-0}" -gt 0 ] && echo "$e $p" | awk '{printf "%.3f\n", $1 / $2}' > /tmp/epp-off
+}
+
+coop_checks() {
+  local reg maps peak pins vf pk idle_p end_p unp epp off refused
+  reg=$(jv .viommu.coop.registered); maps=$(jn .viommu.requests.map)
+  echo "LAB-L1 coop $(jq -c '.viommu.coop' /tmp/stats.json 2>/dev/null)"
+  [ "$reg" = true ] && [ "$maps" = 0 ]
+  check coop-registered$SFX $((! $?)) "registered=$reg map_requests=$maps (want a table and no MAP)"
+  peak=$(sample_at idle-a peak)
+  [ "${peak:-0}" -gt 0 ] && [ $((peak * 20)) -le $L2_RAM ]
+  check coop-peak$SFX $((! $?)) "peak pinned ${peak:-?} B = $(awk -v p="${peak:-0}" -v r=$L2_RAM 'BEGIN { printf "%.2f", p * 100 / r }')% of L2 RAM before the flood (want > 0 and <= 5%)"
+  pins=$(sample_delta net-send net-end pins); vf=$(sample_delta net-send net-end coop_vfio)
+  pk=$(sample_delta net-send net-end pkts)
+  echo "LAB-L1 coop-window first: pins=$(sample_delta net-start net-send pins) vfio=$(sample_delta net-start net-send coop_vfio) packets=$(sample_delta net-start net-send pkts); second: pins=$pins vfio=$vf packets=$pk"
+  [ "${pk:-0}" -gt 0 ] && [ -n "$pins" ] && [ $((pins * 20)) -le "$pk" ] && [ $((vf * 20)) -le "$pk" ]
+  check coop-steady$SFX $((! $?)) "L2->L1: pins=$pins vfio_calls=$vf packets=$pk (want <= 0.05 per packet each)"
+  end_p=$(sample_at net-end pinned); idle_p=$(sample_at idle-b pinned)
+  unp=$(( $(sample_at idle-b unpinned) - $(sample_at net-end unpinned) ))
+  [ -n "$idle_p" ] && [ -n "$end_p" ] && [ "$idle_p" -lt "$end_p" ] && [ "$unp" -gt 0 ]
+  check coop-idle$SFX $((! $?)) "pinned at net-end=$end_p idle-b=$idle_p B, $unp chunks unpinned while idle (want fewer)"
+  epp=$(sample_fields | sed -n 's/.*exits_per_packet=\([0-9.]*\).*/\1/p'); off=$(cat /tmp/epp-off 2>/dev/null)
+  [ -n "$epp" ] && [ -n "$off" ] && awk -v c="$epp" -v o="$off" 'BEGIN { exit !(c <= o * 1.25) }'
+  check coop-exits$SFX $((! $?)) "exits per packet coop=${epp:-?} off=${off:-unmeasured} (want <= 1.25x)"
+  refused=$(jn .viommu.coop.refused.budget)
+  grep -q 'LAB-L2 flood .*failed_at=[0-9]' /tmp/l2.log && [ "$refused" -gt 0 ] && [ "$L2_EXIT" = 0 ] \
+    && [ "$(jn .viommu.coop.pinned_peak_bytes)" -le "$(jn .viommu.coop.budget_bytes)" ]
+  check coop-budget$SFX $((! $?)) "$(grep -o 'LAB-L2 flood .*' /tmp/l2.log | head -1 | cut -c9-) refused_budget=$refused peak=$(jn .viommu.coop.pinned_peak_bytes) budget=$(jn .viommu.coop.budget_bytes) exit=$L2_EXIT"
+}
