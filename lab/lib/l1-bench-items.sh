@@ -10,6 +10,9 @@
 # stat_fields BEFORE AFTER: iovmm's counters between two stats files
 # (deltas; peaks and current sizes as of AFTER), as row fields. A counter
 # the stats do not have (no virtual IOMMU under mode off) is left out.
+# Under coop, peak_mapped_bytes is the pinned peak (what the host IOMMU
+# held), and coop_pins / coop_host_calls count COOP_PIN requests and the
+# host maps + unmaps of pins (also in vfio_*_calls).
 stat_fields() {
   [ -f "$1" ] && [ -f "$2" ] || return 0
   jq -rn --slurpfile a "$1" --slurpfile b "$2" '
@@ -27,7 +30,9 @@ stat_fields() {
      d("viommu_response_ns"; .viommu.poll.response | if . == null then null else .mean_ns * .count end),
      d("vfio_map_calls"; .vfio.dma.viommu.map.calls), d("vfio_unmap_calls"; .vfio.dma.viommu.unmap.calls),
      d("vfio_map_ns"; .vfio.dma.viommu.map.total_ns), d("vfio_unmap_ns"; .vfio.dma.viommu.unmap.total_ns),
-     v("peak_mapped_bytes"; .viommu.peak_mapped_bytes), v("vfio_mapped_bytes"; .vfio.dma.viommu.mapped_bytes)]
+     d("coop_pins"; .viommu.coop.pin_requests), d("coop_host_calls"; .viommu.coop | if . == null then null else .host_maps + .host_unmaps end),
+     v("coop_pinned_bytes"; .viommu.coop.pinned_bytes),
+     v("peak_mapped_bytes"; .viommu.coop.pinned_peak_bytes // .viommu.peak_mapped_bytes), v("vfio_mapped_bytes"; .vfio.dma.viommu.mapped_bytes)]
     | join(" ")' 2>/dev/null
 }
 # us VALUE: a latency with its unit (wrk: 812.00us, 1.20ms, 2.00s) in µs.

@@ -1,11 +1,14 @@
 # L1 checks of cooperative mode (docs/coop.md) on one L2 run of the vfio
 # workload: its stats (/tmp/stats.json) and the pin counters the sampler
 # took at L2's marks (coop_sample, l1-stats.sh). Check names take $SFX.
-#   coop-registered  the patched driver registered its table and sent no MAP
+#   coop-registered  the patched driver registered its table (as of mark
+#                    net-start: L2's shutdown resets the device, which
+#                    forgets it) and sent no MAP
 #   coop-peak        pinned memory before the flood <= 5% of L2's 512 MiB
 #   coop-steady      pin requests and VFIO calls per packet during the
 #                    second transfer (L2 -> L1), after the first warmed up
-#   coop-idle        pins released while L2 sat idle (idle-a .. idle-b)
+#   coop-idle        after the transfers, L2 idle: pinned memory at idle-b
+#                    below the peak, and chunks unpinned since net-start
 #   coop-exits       exits per packet within 1.25x of mode off in this boot
 #   coop-budget      the flood beyond the budget refused, counted, VMM fine
 L2_RAM=$((512 << 20))
@@ -19,7 +22,7 @@ coop_note_off() {
 
 coop_checks() {
   local reg maps peak pins vf pk idle_p end_p unp epp off refused
-  reg=$(jv .viommu.coop.registered); maps=$(jn .viommu.requests.map)
+  reg=$(sample_at net-start registered); maps=$(jn .viommu.requests.map)
   echo "LAB-L1 coop $(jq -c '.viommu.coop' /tmp/stats.json 2>/dev/null)"
   [ "$reg" = true ] && [ "$maps" = 0 ]
   check coop-registered$SFX $((! $?)) "registered=$reg map_requests=$maps (want a table and no MAP)"
@@ -31,10 +34,10 @@ coop_checks() {
   echo "LAB-L1 coop-window first: pins=$(sample_delta net-start net-send pins) vfio=$(sample_delta net-start net-send coop_vfio) packets=$(sample_delta net-start net-send pkts); second: pins=$pins vfio=$vf packets=$pk"
   [ "${pk:-0}" -gt 0 ] && [ -n "$pins" ] && [ $((pins * 20)) -le "$pk" ] && [ $((vf * 20)) -le "$pk" ]
   check coop-steady$SFX $((! $?)) "L2->L1: pins=$pins vfio_calls=$vf packets=$pk (want <= 0.05 per packet each)"
-  end_p=$(sample_at net-end pinned); idle_p=$(sample_at idle-b pinned)
-  unp=$(( $(sample_at idle-b unpinned) - $(sample_at net-end unpinned) ))
-  [ -n "$idle_p" ] && [ -n "$end_p" ] && [ "$idle_p" -lt "$end_p" ] && [ "$unp" -gt 0 ]
-  check coop-idle$SFX $((! $?)) "pinned at net-end=$end_p idle-b=$idle_p B, $unp chunks unpinned while idle (want fewer)"
+  idle_p=$(sample_at idle-b pinned)
+  unp=$(( $(sample_at idle-b unpinned) - $(sample_at net-start unpinned) ))
+  [ -n "$idle_p" ] && [ -n "$peak" ] && [ "$idle_p" -lt "$peak" ] && [ "$unp" -gt 0 ]
+  check coop-idle$SFX $((! $?)) "pinned at net-end=$(sample_at net-end pinned) idle-b=$idle_p B (peak $peak B), $unp chunks unpinned since net-start (want idle-b < peak and > 0 unpinned)"
   epp=$(sample_fields | sed -n 's/.*exits_per_packet=\([0-9.]*\).*/\1/p'); off=$(cat /tmp/epp-off 2>/dev/null)
   [ -n "$epp" ] && [ -n "$off" ] && awk -v c="$epp" -v o="$off" 'BEGIN { exit !(c <= o * 1.25) }'
   check coop-exits$SFX $((! $?)) "exits per packet coop=${epp:-?} off=${off:-unmeasured} (want <= 1.25x)"

@@ -52,7 +52,7 @@ dev_ticks() {
 }
 # coop_sample PID: in cooperative mode, iovmm's pin counters now (a
 # SIGUSR1 snapshot of /tmp/stats.json) as sample fields: pins (COOP_PIN
-# requests), coop_vfio (host maps + unmaps of pins), pinned and peak
+# requests), registered (a table is), coop_vfio (host maps + unmaps of pins), pinned and peak
 # (bytes), unpinned (chunks); nothing in other modes.
 coop_sample() {
   [ "$VMM" = iovmm ] && [ "${MODE%%+*}" = coop ] || return 0
@@ -60,7 +60,7 @@ coop_sample() {
   before=$(stat -c %Y.%s /tmp/stats.json 2>/dev/null)
   kill -USR1 "$1" 2>/dev/null || return 0
   while [ "$(stat -c %Y.%s /tmp/stats.json 2>/dev/null)" = "$before" ] && [ $i -lt 20 ]; do sleep 0.1; i=$((i + 1)); done
-  jq -r '.viommu.coop // empty | " pins=\(.pin_requests) coop_vfio=\(.host_maps + .host_unmaps) pinned=\(.pinned_bytes) peak=\(.pinned_peak_bytes) unpinned=\(.unpinned_chunks)"' /tmp/stats.json 2>/dev/null | tr -d '\n'
+  jq -r '.viommu.coop // empty | " registered=\(.registered) pins=\(.pin_requests) coop_vfio=\(.host_maps + .host_unmaps) pinned=\(.pinned_bytes) peak=\(.pinned_peak_bytes) unpinned=\(.unpinned_chunks)"' /tmp/stats.json 2>/dev/null | tr -d '\n'
 }
 
 # sample_at MARK FIELD: FIELD at mark MARK.

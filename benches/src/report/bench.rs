@@ -229,9 +229,10 @@ pub struct Cell {
 }
 
 /// The known modes first in this order, then others as they come.
-const MODE_ORDER: [&str; 6] = [
+const MODE_ORDER: [&str; 7] = [
     "off",
     "passthrough",
+    "coop",
     "lazy",
     "lazy+poll",
     "strict",

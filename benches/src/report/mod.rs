@@ -52,6 +52,9 @@ pub enum Mode {
     Off,
     /// A virtual IOMMU whose domain passes DMA through untranslated.
     Passthrough,
+    /// Cooperative: identity addresses over the set of pages the guest's
+    /// DMA tracking table keeps pinned (docs/coop.md).
+    Coop,
     /// Translated DMA with batched (deferred) UNMAP requests.
     Lazy,
     /// [`Mode::Lazy`] with the virtual IOMMU's request queue polled by a
@@ -66,9 +69,10 @@ pub enum Mode {
 
 impl Mode {
     /// Every mode, in the order reports list them.
-    pub const ALL: [Mode; 6] = [
+    pub const ALL: [Mode; 7] = [
         Mode::Off,
         Mode::Passthrough,
+        Mode::Coop,
         Mode::Lazy,
         Mode::LazyPoll,
         Mode::Strict,
@@ -80,6 +84,7 @@ impl Mode {
         match self {
             Mode::Off => "off",
             Mode::Passthrough => "passthrough",
+            Mode::Coop => "coop",
             Mode::Lazy => "lazy",
             Mode::LazyPoll => "lazy+poll",
             Mode::Strict => "strict",

@@ -149,7 +149,7 @@ fn later_rows_replace_earlier_ones_and_order_is_fixed() {
     let rows = parse(
         "LAB-ROW mode=strict+poll\nLAB-ROW mode=strict\nLAB-ROW mode=lazy+poll\n\
          LAB-ROW mode=off\nLAB-ROW mode=lazy\nLAB-ROW mode=passthrough\n\
-         LAB-ROW mode=lazy+poll polled=7",
+         LAB-ROW mode=coop\nLAB-ROW mode=lazy+poll polled=7",
     );
     let modes: Vec<Mode> = rows.iter().map(|r| r.mode).collect();
     assert_eq!(modes, Mode::ALL.to_vec());
@@ -159,13 +159,14 @@ fn later_rows_replace_earlier_ones_and_order_is_fixed() {
         [
             "off",
             "passthrough",
+            "coop",
             "lazy",
             "lazy+poll",
             "strict",
             "strict+poll"
         ]
     );
-    assert_eq!(rows[3].polled, Some(7));
+    assert_eq!(rows[4].polled, Some(7));
 }
 
 #[test]
@@ -195,8 +196,8 @@ fn bad_rows_name_line_and_problem() {
         ),
         (
             "LAB-ROW mode=fast",
-            "rows.txt:1: unknown mode `fast` (expected off, passthrough, lazy, \
-             lazy+poll, strict or strict+poll)",
+            "rows.txt:1: unknown mode `fast` (expected off, passthrough, coop, \
+             lazy, lazy+poll, strict or strict+poll)",
         ),
         (
             "LAB-ROW mode=strict+polled",

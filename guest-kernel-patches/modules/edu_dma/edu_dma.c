@@ -18,6 +18,10 @@
  *   info             ident and liveness registers, BDF
  *   once             DMA a pattern in, unmap, DMA a second pattern to the
  *                    stale address: did it reach the page?
+ *   late MS          once, with the stale DMA started MS ms after the
+ *                    unmap (coop: after the host's unpin, docs/coop.md)
+ *   never            DMA to the physical address of a page never mapped
+ *                    for DMA (coop: IOVA = GPA, so the unpinned page)
  *   window N MAXMS   N tries: start a DMA, unmap MAXMS ms or less before
  *                    the device does it, see whether it still lands (the
  *                    lazy window, docs/protection.md)
@@ -213,9 +217,10 @@ static int ed_cmd_info(struct ed_dev *d)
  * once: A (0x5a) into the device, DMA device -> page (must land), the
  * device loaded with B (0xa5) while the page is still mapped, the page
  * unmapped, and the same transfer again to the stale address. The second
- * DMA runs ~100 ms after the unmap returned.
+ * DMA runs ~100 ms after the unmap returned, or @delay_ms + 100 ms
+ * (late). @name prefixes the result line.
  */
-static int ed_cmd_once(struct ed_dev *d)
+static int ed_cmd_once(struct ed_dev *d, const char *name, unsigned int delay_ms)
 {
 	struct device *dev = &d->pdev->dev;
 	struct page *src, *dst;
@@ -251,6 +256,8 @@ static int ed_cmd_once(struct ed_dev *d)
 	tu = ktime_get();
 	dma_unmap_page(dev, a, ED_XFER, DMA_FROM_DEVICE);
 	unmap_ns = ktime_to_ns(ktime_sub(ktime_get(), tu));
+	if (delay_ms)
+		msleep(delay_ms);
 	ret = ed_start(d, false, a, &ts);
 	if (ret)
 		goto out;
@@ -261,13 +268,55 @@ static int ed_cmd_once(struct ed_dev *d)
 	}
 	/* After the transfer: the CPU reads what is in memory now. */
 	second = ed_state(page_address(dst), 0xa5, 0x5a, "landed", "unchanged");
-	ed_out("once first=%s second=%s iova=0x%llx unmap_ns=%llu dma_after_unmap_ms=%lld\n",
-	       first, second, (u64)a, unmap_ns, div_s64(ktime_to_ns(ktime_sub(td, tu)), NSEC_PER_MSEC));
+	ed_out("%s first=%s second=%s iova=0x%llx unmap_ns=%llu dma_after_unmap_ms=%lld\n",
+	       name, first, second, (u64)a, unmap_ns,
+	       div_s64(ktime_to_ns(ktime_sub(td, tu)), NSEC_PER_MSEC));
 out:
 	if (ret)
-		ed_out("once error=%d stuck=%d\n", ret, d->stuck);
+		ed_out("%s error=%d stuck=%d\n", name, ret, d->stuck);
 	if (d->stuck)
 		return ret;	/* the device may still write them: never freed */
+out_free:
+	if (src)
+		__free_page(src);
+	if (dst)
+		__free_page(dst);
+	return ret;
+}
+
+/*
+ * never: the device loaded with A (0x5a), then told to write it to the
+ * physical address of a fresh page that was never DMA-mapped. Under an
+ * IOMMU that page is not reachable (a fault); without one, or in coop
+ * mode while it is pinned, it lands.
+ */
+static int ed_cmd_never(struct ed_dev *d)
+{
+	struct page *src, *dst;
+	ktime_t ts;
+	int ret;
+
+	src = ed_page();
+	dst = ed_page();
+	if (!src || !dst) {
+		ret = -ENOMEM;
+		goto out_free;
+	}
+	memset(page_address(dst), 0xee, ED_XFER);
+	ret = ed_load(d, src, 0x5a);
+	if (!ret)
+		ret = ed_start(d, false, page_to_phys(dst), &ts);
+	if (!ret && !ed_wait(d, ts))
+		ret = -ETIMEDOUT;
+	if (ret) {
+		ed_out("never error=%d stuck=%d\n", ret, d->stuck);
+		if (d->stuck)
+			return ret;	/* the device may still write them */
+		goto out_free;
+	}
+	ed_out("never result=%s addr=0x%llx\n",
+	       ed_state(page_address(dst), 0x5a, 0xee, "landed", "unchanged"),
+	       (u64)page_to_phys(dst));
 out_free:
 	if (src)
 		__free_page(src);
@@ -420,7 +469,11 @@ static ssize_t ed_cmd_write(struct file *f, const char __user *ubuf, size_t len,
 	} else if (!strcmp(buf, "info")) {
 		ret = ed_cmd_info(d);
 	} else if (!strcmp(buf, "once")) {
-		ret = ed_cmd_once(d);
+		ret = ed_cmd_once(d, "once", 0);
+	} else if (sscanf(buf, "late %u", &a) == 1 && a <= 60000) {
+		ret = ed_cmd_once(d, "late", a);
+	} else if (!strcmp(buf, "never")) {
+		ret = ed_cmd_never(d);
 	} else if (sscanf(buf, "window %u %u", &a, &b) == 2) {
 		ret = ed_cmd_window(d, a, b);
 	} else {
