@@ -37,6 +37,14 @@ scenario viommu-lazy prep=tap work=viommu modes=lazy npt=0 \
   l2_modules=@viommu-devs checks=@viommu
 scenario viommu-poll prep=tap work=viommu modes=strict+poll npt=0 \
   l2_modules=@viommu-devs checks=@viommu,@poll
+# viommu-coop: the same under cooperative mode, L2 with the patched
+# virtio-iommu driver (guest-kernel-patches): virtio-net and virtio-blk
+# DMA through the tracking table, iovmm's emulated devices held to the
+# pinned set.
+scenario viommu-coop prep=tap work=viommu modes=coop npt=0 \
+  prebuild='ko=$(guest-kernel-patches/build.sh "$KPKG" "$LAB_CACHE/guest-modules" virtio_iommu_coop) && cp "$ko" "$LAB_CACHE/guest-modules/virtio-iommu-coop.ko"' \
+  l2_files="$LAB_CACHE/guest-modules/virtio-iommu-coop.ko:/lib/modules/virtio-iommu-coop.ko" \
+  l2_modules=@viommu-devs checks=@viommu
 
 # vfio-<mode>: L1's second e1000e bound to vfio-pci and assigned to L2,
 # twice per L1 boot (the second round proves the teardown).

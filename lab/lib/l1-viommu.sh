@@ -46,6 +46,12 @@ if stats_applies; then
     passthrough)
       [ "${MAPS:-1}" = 0 ] && [ "${ATT:-0}" -gt 0 ]
       check stats-shape$SFX $((! $?)) "map=$MAPS attach=$ATT (passthrough: no maps)";;
+    coop)
+      # The table registered, pins instead of maps, nothing faulted.
+      PINS=$(jn .viommu.coop.pin_requests); LEAVES=$(jn .viommu.coop.leaves)
+      echo "LAB-L1 coop $(jq -c '.viommu.coop' /tmp/stats.json 2>/dev/null)"
+      [ "${MAPS:-1}" = 0 ] && [ "$PINS" -gt 0 ] && [ "$LEAVES" -gt 0 ] && [ "${FAULTS:-1}" = 0 ]
+      check stats-shape$SFX $((! $?)) "map=$MAPS pins=$PINS leaves=$LEAVES faults=$FAULTS peak_pinned=$(jn .viommu.coop.pinned_peak_bytes) (coop: pins, no maps, no faults)";;
   esac
   [ -n "$POLL" ] && poll_checks
 fi
