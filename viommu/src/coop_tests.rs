@@ -222,6 +222,38 @@ fn huge_granule_pins_whole_chunks_clipped_to_ram_and_msi() {
 }
 
 #[test]
+fn a_mid_granule_pins_its_chunk_and_keeps_it_while_one_page_is_mapped() {
+    let mem = ram();
+    let k64 = 64 << 10;
+    let cfg = CoopConfig {
+        granule: k64,
+        ..CoopConfig::default()
+    };
+    let mut c = coop(&mem, cfg);
+    let (b, mut s) = (SimulatedBackend::default(), Sink::default());
+    // Page 37 lies in the chunk of pages 32..48.
+    assert!(guest_map(&mem, 37));
+    assert_eq!(c.pin(37, 1, NO_MSI, &b, &mut s), status::OK);
+    assert_eq!(b.ranges(), vec![(32 * PAGE, k64)]);
+    for g in 32..48 {
+        assert_ne!(entry(&mem, g).load(Ordering::SeqCst) & PINNED, 0, "{g}");
+    }
+    assert!(!guest_map(&mem, 40), "a neighbour in the chunk: no request");
+    guest_unmap(&mem, 37);
+    for _ in 0..3 {
+        c.scan(false, &b, &mut s);
+    }
+    assert_eq!(b.len(), 1, "page 40 is still mapped: the chunk stays");
+    guest_unmap(&mem, 40);
+    for _ in 0..2 {
+        c.scan(false, &b, &mut s);
+    }
+    assert!(b.is_empty());
+    assert_eq!(s.invalidated, vec![(32 * PAGE, 48 * PAGE - 1)]);
+    assert_eq!(c.stats().pinned_chunks.load(Ordering::Relaxed), 1);
+}
+
+#[test]
 fn idle_pages_are_unpinned_after_two_scans_and_mapped_ones_never() {
     let mem = ram();
     let mut c = coop(&mem, CoopConfig::default());

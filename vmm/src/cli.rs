@@ -187,9 +187,9 @@ pub struct RunArgs {
     /// iommu.coop_scan_ms; default: 100].
     #[arg(long, value_name = "MILLISECONDS")]
     pub coop_scan_ms: Option<i64>,
-    /// Cooperative mode's pin granule: 4K, 2M, or auto (2M with hugetlbfs
-    /// memory) [file: iommu.coop_granule; default: auto].
-    #[arg(long, value_name = "4K|2M|auto")]
+    /// Cooperative mode's pin granule: a power of two from 4K to 2M (4K,
+    /// 64K, 2M), or auto (256K) [file: iommu.coop_granule; default: auto].
+    #[arg(long, value_name = "SIZE|auto")]
     pub coop_granule: Option<String>,
     /// Pin the virtual IOMMU's device (poll) thread to this host CPU
     /// [file: iommu.poll_cpu; default: not pinned].

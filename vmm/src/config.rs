@@ -397,9 +397,7 @@ impl ConfigLayer {
             ));
         }
         let memory_backing = self.memory_backing.unwrap_or_default();
-        let iommu_coop = self
-            .iommu_coop
-            .build(memory, memory_backing == MemoryBacking::Hugetlbfs)?;
+        let iommu_coop = self.iommu_coop.build(memory)?;
         Ok(VmConfig {
             vcpus,
             memory,
