@@ -56,7 +56,7 @@ stall() {
 watch_l2() {
   local pid=$1 disk=$2 seen=" " m n=0 now start since last beat phase=boot ppk=-1 lastmark=none
   local lboot lwork ldown t
-  lboot=$(arg stall_boot); lboot=${lboot:-300}
+  lboot=$(arg stall_boot); lboot=${STALL_BOOT:-${lboot:-300}}  # STALL_BOOT: a scenario's env
   lwork=$(arg stall_work); lwork=${lwork:-300}
   ldown=$(arg stall_down); ldown=${ldown:-180}
   t=$(arg l2_timeout); t=${t:-600}
@@ -162,7 +162,8 @@ place_qemu() {
 # function bound to vfio-pci) sit behind the virtual IOMMU.
 # iovmm writes its stats to /tmp/stats.json; the VMM's PID is in
 # /tmp/vmm.pid while it runs (SIGUSR1 snapshots, l1-bench.sh).
-# Boots L2 with $L2_VCPUS vCPUs (LAB_L2_VCPUS, default 2) and 512 MiB;
+# Boots L2 with $L2_VCPUS vCPUs (LAB_L2_VCPUS, default 2) and $L2_MEM of RAM
+# (a scenario's env, default 512M);
 # L2's console goes to /tmp/l2.log (and live to the console in demo
 # mode). Sets L2_EXIT.
 run_l2() {
@@ -200,7 +201,7 @@ run_l2() {
     pid=$!
     [ -n "$PLACE" ] && place_qemu "$pid" &
   else
-    a="run --kernel /stage/bzImage --initramfs /stage/l2.cpio.gz --vcpus $L2_VCPUS --memory 512M --memory-backing $BACKING --serial /tmp/l2.log --log-level info --stats-file /tmp/stats.json"
+    a="run --kernel /stage/bzImage --initramfs /stage/l2.cpio.gz --vcpus $L2_VCPUS --memory ${L2_MEM:-512M} --memory-backing $BACKING --serial /tmp/l2.log --log-level info --stats-file /tmp/stats.json"
     local io=""
     if [ "$iommu" != off ]; then a="$a --iommu-mode $iommu"; io=",iommu=on"; fi
     [ -n "$disk" ] && a="$a --disk path=$disk,id=lab-disk$io"

@@ -6,7 +6,7 @@
 declare -A LAB_TABLE=() LAB_GROUPS=()
 LAB_ORDER=()
 # Every field an entry may set (README "Scenarios as data").
-LAB_FIELDS="alias prep work vmm modes poll rounds reps mib vcpus npt backing timeout l2_timeout checks l2_modules l2_files l2_bins l1_bins env prebuild display what"
+LAB_FIELDS="alias prep work vmm modes poll rounds reps mib vcpus npt backing l1_mem timeout l2_timeout checks l2_modules l2_files l2_bins l1_bins env prebuild display what"
 
 # group @NAME ITEM...: a named list, usable as @NAME in any list field.
 group() {
@@ -62,7 +62,7 @@ lab_resolve() {
   S_base=${target:-$name}
   # Defaults.
   : "${S_vmm:=iovmm}" "${S_poll:=adaptive}" "${S_mib:=16}" "${S_vcpus:=2}" "${S_npt:=1}" "${S_backing:=hugetlbfs}"
-  : "${S_timeout:=900}" "${S_l2_timeout:=600}" "${S_display:=quiet}" "${S_modes:=off}"
+  : "${S_l1_mem:=3072}" "${S_timeout:=900}" "${S_l2_timeout:=600}" "${S_display:=quiet}" "${S_modes:=off}"
   set -- "$name"
   [ -n "$S_work" ] || die "lab/scenarios.sh: $1 has no work= field"
   [ -f "$LAB_DIR/lib/l1-$S_work.sh" ] && [ -f "$LAB_DIR/lib/l2-$S_work.sh" ] \
