@@ -4,9 +4,11 @@
 
 use super::*;
 use crate::poll::PollMode;
+use crate::tables::Tables;
 use devices::virtio::testing::{
     assert_idle, is_pending, wait_for, wait_sleeping, LeakOnPanic, RecordingInterrupt, TestQueue,
 };
+use vm_memory::Permissions;
 
 fn state() -> Arc<IommuState> {
     let mut t = Tables::new(crate::tables::Limits::default(), None);

@@ -1,8 +1,10 @@
 use super::*;
+use crate::tables::Tables;
 use devices::dma::DmaIotlb;
 use devices::virtio::testing::{NoInterrupt, TestQueue};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
+use vm_memory::Permissions;
 
 fn state() -> Arc<IommuState> {
     let mut t = Tables::new(crate::tables::Limits::default(), None);

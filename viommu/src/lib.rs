@@ -21,5 +21,6 @@ pub mod host_sync;
 pub mod limits;
 pub mod poll;
 pub mod protocol;
+mod state;
 pub mod stats;
 pub mod tables;
