@@ -173,6 +173,10 @@ scenario bench prep=vfio work=bench reps=3 npt=0 vcpus=1 backing=anonymous displ
   l2_files="$LAB_CACHE/guest-modules/virtio-iommu-coop.ko:/lib/modules/virtio-iommu-coop.ko" \
   l2_modules=@vfio-devs l2_bins=@bench-l2bins l1_bins=@bench-l1bins \
   checks=vfio-bind,vfio-errors,bench-complete what="L2 with the assigned e1000e (VFIO): Redis, Memcached, nginx, iperf3 from L1"
+# bench-coop: the bench's comparison for cooperative mode (issue 11's
+# goal: coop >= 0.95x passthrough on every workload): iovmm off,
+# passthrough and coop only, 3 interleaved repetitions. Not in CI.
+scenario bench-coop alias=bench modes=iovmm/off,iovmm/passthrough,iovmm/coop timeout=3600
 # bench-smoke: one short cell per workload, iovmm strict only; checks
 # that each workload gave numbers and the counters have the expected shape.
 scenario bench-smoke alias=bench reps=1 modes=iovmm/strict timeout=1800 l2_timeout=600 \
