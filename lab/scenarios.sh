@@ -177,6 +177,10 @@ scenario bench prep=vfio work=bench reps=3 npt=0 vcpus=1 backing=anonymous displ
 # goal: coop >= 0.95x passthrough on every workload): iovmm off,
 # passthrough and coop only, 3 interleaved repetitions. Not in CI.
 scenario bench-coop alias=bench modes=iovmm/off,iovmm/passthrough,iovmm/coop timeout=3600
+# bench-coop-5: bench-coop's three workloads below 0.95x (nginx 4 KiB and
+# 64 KiB, iperf3 L1->L2) again with 5 repetitions. Not in CI.
+scenario bench-coop-5 alias=bench modes=iovmm/off,iovmm/passthrough,iovmm/coop reps=5 timeout=3600 \
+  env=PLACE=0:1,BENCH_SECS=5,BENCH_REDIS_N=2000,BENCH_ITEMS=nginx-4k+nginx-64k+iperf3-tx
 # bench-smoke: one short cell per workload, iovmm strict only; checks
 # that each workload gave numbers and the counters have the expected shape.
 scenario bench-smoke alias=bench reps=1 modes=iovmm/strict timeout=1800 l2_timeout=600 \
