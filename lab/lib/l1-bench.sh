@@ -23,7 +23,7 @@ bcheck() { [ "${BENCH_CHECKS:-0}" = 1 ] && check "$@"; }
 
 # The settings every number of this run holds under, once per boot.
 if [ ! -f /tmp/bench-settings ]; then
-  echo "LAB-BENCH settings backing=$BACKING l1_npt=$(arg npt) l2_vcpus=$L2_VCPUS l2_mem_mib=512 place=${PLACE:-none} poll_budget_us=${POLL_BUDGET_US:-20000} secs=$BENCH_SECS redis_n=$BENCH_REDIS_N reps=${REPS:-1} nic=e1000e-vfio" | tee /tmp/bench-settings
+  echo "LAB-BENCH settings backing=$BACKING l1_npt=$(arg npt) l2_vcpus=$L2_VCPUS l2_mem_mib=$(($(l2_ram_bytes) >> 20)) place=${PLACE:-none} poll_budget_us=${POLL_BUDGET_US:-20000} secs=$BENCH_SECS redis_n=$BENCH_REDIS_N reps=${REPS:-1} nic=e1000e-vfio" | tee /tmp/bench-settings
 fi
 
 # memcaslap looks up its user (getpwuid) and dereferences the answer

@@ -4,7 +4,7 @@
 #   coop-registered  the patched driver registered its table (as of mark
 #                    net-start: L2's shutdown resets the device, which
 #                    forgets it) and sent no MAP
-#   coop-peak        pinned memory before the flood <= 5% of L2's 512 MiB
+#   coop-peak        pinned memory before the flood <= 5% of L2's RAM
 #   coop-steady      pin requests and VFIO calls per packet during the
 #                    second transfer (L2 -> L1), after the first warmed up
 #   coop-idle        after the transfers, L2 idle: pinned memory at idle-b
@@ -15,7 +15,6 @@
 # (`+`-separated, scenario env; `all`: every one) is reported as
 # measured, ok=skip, not gated: scenario coop-granules measures every
 # granule, including those that miss a goal (docs/coop.md, Status).
-L2_RAM=$((512 << 20))
 cgate() {
   local what=$1${GRANULE:+-$GRANULE}
   case "+${COOP_MEASURED:-}+" in
@@ -32,14 +31,15 @@ coop_note_off() {
 }
 
 coop_checks() {
-  local reg maps peak pins vf pk idle_p end_p unp epp off refused
+  local reg maps peak pins vf pk idle_p end_p unp epp off refused ram
+  ram=$(l2_ram_bytes)
   reg=$(sample_at net-start registered); maps=$(jn .viommu.requests.map)
   echo "LAB-L1 coop $(jq -c '.viommu.coop' /tmp/stats.json 2>/dev/null)"
   [ "$reg" = true ] && [ "$maps" = 0 ]
   cgate registered $((! $?)) "registered=$reg map_requests=$maps (want a table and no MAP)"
   peak=$(sample_at idle-a peak)
-  [ "${peak:-0}" -gt 0 ] && [ $((peak * 20)) -le $L2_RAM ]
-  cgate peak $((! $?)) "peak pinned ${peak:-?} B = $(awk -v p="${peak:-0}" -v r=$L2_RAM 'BEGIN { printf "%.2f", p * 100 / r }')% of L2 RAM before the flood (want > 0 and <= 5%)"
+  [ "${peak:-0}" -gt 0 ] && [ $((peak * 20)) -le "$ram" ]
+  cgate peak $((! $?)) "peak pinned ${peak:-?} B = $(awk -v p="${peak:-0}" -v r="$ram" 'BEGIN { printf "%.2f", p * 100 / r }')% of L2 RAM before the flood (want > 0 and <= 5%)"
   pins=$(sample_delta net-send net-end pins); vf=$(sample_delta net-send net-end coop_vfio)
   pk=$(sample_delta net-send net-end pkts)
   echo "LAB-L1 coop-window first: pins=$(sample_delta net-start net-send pins) vfio=$(sample_delta net-start net-send coop_vfio) packets=$(sample_delta net-start net-send pkts); second: pins=$pins vfio=$vf packets=$pk"

@@ -10,7 +10,7 @@ VFIO_ARG=$BDF; [ "$MODE" = off ] && VFIO_ARG="$BDF,iommu=off"
 rm -f /tmp/stats.json
 run_l2 "console=ttyS0 panic=-1 $L2_QUIET lab.mode=$MODE lab.round=$ROUND" --iommu "$MODE" --extra "--vfio $VFIO_ARG"
 [ "$L2_EXIT" = 0 ]; check vmm-exit$SFX $((! $?)) "exit=$L2_EXIT"
-case "${L2_MEM:=512M}" in *G) RAM=$((${L2_MEM%G} << 30));; *) RAM=$((${L2_MEM%M} << 20));; esac
+RAM=$(l2_ram_bytes)
 S=$(awk -v a="$(sample_at vmm-start t)" -v b="$(sample_at net-up t)" 'BEGIN { if (a != "" && b != "") printf "%.1f", b - a }')
 case "$MODE" in
   off)

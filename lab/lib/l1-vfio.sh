@@ -23,7 +23,7 @@ VFIO_ARG=$BDF; [ "$MODE" = off ] && VFIO_ARG="$BDF,iommu=off"
 # (dma_flood, 96 MiB) exceeds,
 # and an idle phase of 5 s (50 scans) to see pins released.
 COOP_ARGS=""; IDLE=${POLL:+5}
-[ "$MODE" = coop ] && { COOP_ARGS="--coop-budget ${COOP_BUDGET:-64M} --coop-granule ${GRANULE:-${COOP_GRANULE:-auto}} --coop-scan-ms ${COOP_SCAN_MS:-100}"; IDLE=5; }
+[ "$MODE" = coop ] && { COOP_ARGS="--coop-budget ${COOP_BUDGET:-64M} --coop-granule ${GRANULE:-auto} --coop-scan-ms ${COOP_SCAN_MS:-100}"; IDLE=5; }
 dd if=/dev/urandom of=/tmp/tx.bin bs=1M count=$MIB 2>/dev/null
 TX_SHA=$(sha256sum /tmp/tx.bin | cut -c1-64)
 killall nc redis-benchmark 2>/dev/null

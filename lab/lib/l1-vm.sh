@@ -155,6 +155,13 @@ place_qemu() {
   echo "LAB-L1 QEMU threads placed: vCPUs on ${PLACE%:*}, others on ${PLACE#*:}"
 }
 
+# L2's RAM in bytes: env L2_MEM (a scenario's; M or G suffix), 512M by
+# default, as run_l2 gives it to iovmm.
+l2_ram_bytes() {
+  local m=${L2_MEM:-512M}
+  case "$m" in *G) echo $((${m%G} << 30));; *) echo $((${m%M} << 20));; esac
+}
+
 # run_l2 CMDLINE [--vmm iovmm|qemu] [--disk PATH] [--net TAP] [--vfio BDF]
 #        [--iommu MODE] [--extra "iovmm args"]
 # --vmm: this run's VMM (default $VMM, L1's lab.vmm or the mode item's).
