@@ -46,7 +46,8 @@ pub struct CoopConfig {
     pub budget: u64,
     /// Interval between unpin scans.
     pub scan: Duration,
-    /// Pin granule in bytes (4 KiB or 2 MiB).
+    /// Pin granule in bytes: a power of two from 4 KiB to 2 MiB (the
+    /// config's `auto` is 256 KiB).
     pub granule: u64,
 }
 

@@ -438,7 +438,7 @@ proptest! {
     fn hostile_tables_never_reach_outside_ram(
         dir in proptest::collection::vec(any::<u16>(), 12),
         ops in proptest::collection::vec((0u8..4, any::<u32>(), 0u32..600, any::<u32>()), 1..60),
-        huge in any::<bool>(),
+        granule_shift in 12u32..=21,
     ) {
         let mem = ram();
         for (i, w) in dir.iter().enumerate() {
@@ -453,7 +453,8 @@ proptest! {
         }
         let cfg = CoopConfig {
             budget: 3 * MIB,
-            granule: if huge { 2 * MIB } else { PAGE },
+            // Every granule the config accepts, 4 KiB to 2 MiB.
+            granule: 1 << granule_shift,
             ..CoopConfig::default()
         };
         let mut c = Coop::new(mem.clone(), cfg);
